@@ -1,0 +1,63 @@
+"""supervisor: a multiprocess worker supervisor.
+
+The public API; importing it starts nothing.
+"""
+
+from supervisor.compat import (
+    cleanup,
+    clear_store,
+    connect,
+    delete_public,
+    get_public,
+    get_queue,
+    get_queue_size,
+    get_store_size,
+    is_empty,
+    list_keys,
+    pop_task,
+    push_task,
+    set_public,
+    task_done,
+)
+from supervisor.config import Settings, load_settings
+from supervisor.context import TaskContext, current_task
+from supervisor.errors import (
+    ExitCode,
+    Retry,
+    SoftTimeLimitExceeded,
+    SupervisorError,
+)
+from supervisor.queue import MemoryQueue, Queue
+from supervisor.registry import TaskOptions, TaskRegistry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExitCode",
+    "MemoryQueue",
+    "Queue",
+    "Retry",
+    "Settings",
+    "SoftTimeLimitExceeded",
+    "SupervisorError",
+    "TaskContext",
+    "TaskOptions",
+    "TaskRegistry",
+    "__version__",
+    "cleanup",
+    "clear_store",
+    "connect",
+    "current_task",
+    "delete_public",
+    "get_public",
+    "get_queue",
+    "get_queue_size",
+    "get_store_size",
+    "is_empty",
+    "list_keys",
+    "load_settings",
+    "pop_task",
+    "push_task",
+    "set_public",
+    "task_done",
+]

@@ -1,0 +1,443 @@
+"""The embedded broker: priority queue with delays and leases, task records, public store.
+
+It lives in the broker process and is served to every other process by the manager in
+:mod:`supervisor.broker.server`; it is also usable in-process (the seed's ``MemoryQueue``).
+One condition variable guards everything: the manager serves each client connection in its own
+thread, and the critical sections are a few dict and deque operations.
+
+Ready tasks sit in one FIFO deque per priority (0-10), so dequeue order is global and stable:
+higher priority first, FIFO within a priority, whatever the number of consumers, with no prefetch.
+Delayed tasks (an ``eta``, or a retry backoff) wait in a heap here, never in a worker.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from supervisor.broker import base
+from supervisor.broker.base import Broker, Report
+from supervisor.broker.records import TaskRecord
+from supervisor.broker.store import MemoryStore
+from supervisor.errors import TaskError, UnknownTaskType
+from supervisor.policy import compute_backoff
+from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN, TaskOptions, check_priority
+
+WORKER_PREFIX = "worker:"  # consumers the master supervises (it enforces their deadlines)
+LEASE_GRACE_S = 30.0  # how long past its timeout an external consumer may hold a task
+MAX_ID_LEN = 200
+MAX_WAIT_S = 3600.0  # longest single condition wait (a far eta must not overflow the timeout)
+
+
+class MemoryBroker(Broker):
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        task_types: dict[str, TaskOptions] | None = None,
+        default_options: TaskOptions | None = None,
+        max_payload_bytes: int = 1 << 20,
+        finished_records: int = 10_000,
+    ) -> None:
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._cond = threading.Condition()
+        self._ready: list[deque[tuple[str, int]]] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        self._delayed: list[tuple[float, int, str]] = []
+        self._active: dict[str, TaskRecord] = {}
+        self._finished: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._held: dict[str, str] = {}  # consumer -> task id
+        self._seq = 0
+        self._dispatching = True
+        self._types: dict[str, TaskOptions] | None = task_types
+        self._default = default_options or TaskOptions(
+            timeout_s=300.0, max_retries=3, backoff_base_s=1.0, backoff_cap_s=300.0
+        )
+        self._max_payload = max_payload_bytes
+        self._finished_cap = finished_records
+        self.counters: Counter[tuple[str, str, str]] = Counter()
+        self._events: deque[tuple[str, str, str, float]] = deque(maxlen=100_000)
+        self._status: dict[str, Any] = {}
+        self.store = MemoryStore(clock=clock)
+
+    # -- configuration -----------------------------------------------------------------------
+    def configure(
+        self,
+        task_types: dict[str, TaskOptions] | None,
+        *,
+        default_options: TaskOptions | None = None,
+        max_payload_bytes: int | None = None,
+        finished_records: int | None = None,
+    ) -> None:
+        """Set the known task types (None: accept any type) and limits; used at start and HUP."""
+        with self._cond:
+            self._types = dict(task_types) if task_types is not None else None
+            if default_options is not None:
+                self._default = default_options
+            if max_payload_bytes is not None:
+                self._max_payload = max_payload_bytes
+            if finished_records is not None:
+                self._finished_cap = finished_records
+
+    def _options(self, task_type: str) -> TaskOptions:
+        if self._types is not None and task_type in self._types:
+            return self._types[task_type]
+        return self._default
+
+    def _option(self, task_type: str, name: str, fallback: Any) -> Any:
+        """The type's option, else the default options', else ``fallback`` (0 is a value)."""
+        value = getattr(self._options(task_type), name)
+        if value is None:
+            value = getattr(self._default, name)
+        return fallback if value is None else value
+
+    # -- push --------------------------------------------------------------------------------
+    def _validate(self, msg: Any) -> TaskRecord:
+        if not isinstance(msg, dict):
+            raise TaskError(f"a task must be a dict, got {type(msg).__name__}")
+        task_type = msg.get("type")
+        if not isinstance(task_type, str) or not task_type:
+            raise TaskError(f"task 'type' must be a non-empty string, got {task_type!r}")
+        if self._types is not None and task_type not in self._types:
+            known = ", ".join(sorted(self._types)) or "(none)"
+            raise UnknownTaskType(f"task type {task_type!r} is not registered; known: {known}")
+        params = msg.get("params", b"")
+        if not isinstance(params, bytes):
+            raise TaskError("task params must reach the broker pickled (bytes); "
+                            "push through supervisor.connect() or get_queue()")
+        if len(params) > self._max_payload:
+            raise TaskError(f"params of task type {task_type!r} are {len(params)} bytes pickled; "
+                            f"the limit is {self._max_payload} (max_payload_bytes)")
+        priority = msg.get("priority")
+        priority = self._options(task_type).priority if priority is None else priority
+        check_priority(priority)
+        task_id = msg.get("task_id") or str(uuid.uuid4())
+        if not isinstance(task_id, str) or len(task_id) > MAX_ID_LEN:
+            raise TaskError(f"task_id must be a string of at most {MAX_ID_LEN} characters, "
+                            f"got {task_id!r}")
+        if task_id in self._active:
+            raise TaskError(f"task id {task_id!r} is already {self._active[task_id].status}")
+        eta = msg.get("eta")
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)
+                                or not math.isfinite(eta)):
+            raise TaskError(f"eta must be epoch seconds, got {eta!r}")
+        delay = msg.get("delay")
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
+                                  or not 0 <= delay < math.inf):
+            raise TaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        now = self._clock()
+        if delay is not None:  # on the broker's clock: a producer's clock may be skewed
+            eta = now + delay
+        return TaskRecord(
+            task_id=task_id, type=task_type, params=params, priority=priority,
+            status=base.QUEUED, pushed_at=now, eta=float(eta) if eta is not None else None,
+            schedule_id=msg.get("schedule_id"), scheduled_at=msg.get("scheduled_at"),
+        )
+
+    def _enqueue(self, rec: TaskRecord, *, front: bool = False) -> None:
+        self._seq += 1
+        rec.seq = self._seq
+        self._active[rec.task_id] = rec
+        self._finished.pop(rec.task_id, None)
+        if rec.eta is not None and rec.eta > self._clock():
+            if rec.status == base.QUEUED:
+                rec.status = base.SCHEDULED
+            heapq.heappush(self._delayed, (rec.eta, rec.seq, rec.task_id))
+            self._cond.notify_all()  # waiters recompute how long to sleep
+        else:
+            rec.status = base.QUEUED
+            rec.ready_at = self._clock()
+            lane = self._ready[rec.priority]
+            (lane.appendleft if front else lane.append)((rec.task_id, rec.seq))
+            self._cond.notify()
+
+    def push(self, message: dict[str, Any]) -> str:
+        with self._cond:
+            rec = self._validate(message)
+            self._enqueue(rec)
+            self.counters[("pushed", rec.type, "")] += 1
+            return rec.task_id
+
+    def push_many(self, messages: list[dict[str, Any]]) -> list[str]:
+        if not isinstance(messages, list):
+            raise TaskError(f"push_many takes a list of tasks, got {type(messages).__name__}")
+        with self._cond:
+            recs = [self._validate(m) for m in messages]
+            ids = [r.task_id for r in recs]
+            if len(set(ids)) != len(ids):
+                raise TaskError("push_many got the same task_id twice")
+            for rec in recs:
+                self._enqueue(rec)
+                self.counters[("pushed", rec.type, "")] += 1
+            return ids
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _promote(self, now: float) -> int:
+        n = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            _, seq, task_id = heapq.heappop(self._delayed)
+            rec = self._active.get(task_id)
+            if rec is None or rec.seq != seq or rec.status not in (base.SCHEDULED, base.RETRYING):
+                continue
+            rec.eta = None
+            rec.status = base.QUEUED
+            rec.ready_at = now
+            self._ready[rec.priority].append((task_id, seq))
+            n += 1
+        if n:
+            self._cond.notify(n)
+        return n
+
+    def _take(self, consumer: str, now: float) -> dict[str, Any] | None:
+        self._promote(now)
+        for lane in reversed(self._ready):
+            while lane:
+                task_id, seq = lane.popleft()
+                rec = self._active.get(task_id)
+                if rec is None or rec.seq != seq or rec.status != base.QUEUED:
+                    continue  # cancelled or re-queued since: a stale entry
+                rec.status = base.RUNNING
+                rec.attempts += 1
+                rec.started_at = now
+                rec.consumer = consumer
+                timeout = self._option(rec.type, "timeout_s", 300.0)
+                rec.lease_until = (
+                    None if consumer.startswith(WORKER_PREFIX) else now + timeout + LEASE_GRACE_S
+                )
+                self._held[consumer] = task_id
+                self.counters[("started", rec.type, "")] += 1
+                self._events.append(("started", rec.type, "", now - (rec.ready_at or now)))
+                return rec.message()
+        return None
+
+    def _next_eta_in(self, now: float) -> float | None:
+        return self._delayed[0][0] - now if self._delayed else None
+
+    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
+        deadline = None if wait_s is None else time.monotonic() + max(0.0, wait_s)
+        with self._cond:
+            while True:
+                if not self._dispatching:
+                    return None
+                if consumer in self._held:
+                    raise TaskError(f"consumer {consumer!r} still holds task "
+                                    f"{self._held[consumer]!r}: report it first")
+                now = self._clock()
+                msg = self._take(consumer, now)
+                if msg is not None:
+                    return msg
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                eta_in = self._next_eta_in(now)
+                waits = [w for w in (remaining, eta_in) if w is not None]
+                self._cond.wait(min(max(0.0, min(waits)), MAX_WAIT_S) if waits else None)
+
+    def exchange(
+        self, consumer: str, report: Report | None, wait_s: float | None
+    ) -> dict[str, Any] | None:
+        if report is not None:
+            self.report(consumer, report)
+        return self.pop(consumer, wait_s)
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def _finish(self, rec: TaskRecord, status: str, now: float) -> None:
+        rec.status = status
+        rec.finished_at = now
+        rec.consumer = None
+        rec.lease_until = None
+        self._active.pop(rec.task_id, None)
+        self._finished[rec.task_id] = rec
+        while len(self._finished) > self._finished_cap:
+            self._finished.popitem(last=False)
+        duration = now - rec.started_at if rec.started_at is not None else 0.0
+        self.counters[("finished", rec.type, status)] += 1
+        self._events.append(("finished", rec.type, status, duration))
+
+    def _fail(self, rec: TaskRecord, reason: str, detail: dict[str, Any], now: float) -> None:
+        rec.errors.append({
+            "attempt": rec.attempts, "reason": reason, "at": now,
+            "error": str(detail.get("error", ""))[:4000],
+            "traceback": str(detail.get("traceback", ""))[-16000:],
+            "exit_status": detail.get("exit_status"),
+        })
+        rec.consumer = None
+        rec.lease_until = None
+        if reason == base.REASON_SHUTDOWN:  # not the task's fault: put it back, uncounted
+            rec.attempts = max(0, rec.attempts - 1)
+            rec.errors.pop()
+            rec.status = base.QUEUED
+            self._enqueue(rec, front=True)
+            return
+        max_retries = self._option(rec.type, "max_retries", 3)
+        if reason == base.REASON_INVALID or rec.attempts > max_retries:
+            self._finish(rec, base.DEAD, now)
+            return
+        delay = detail.get("delay")
+        if delay is None:
+            delay = compute_backoff(
+                rec.attempts, base_s=self._option(rec.type, "backoff_base_s", 1.0),
+                cap_s=self._option(rec.type, "backoff_cap_s", 300.0), rng=self._rng,
+            )
+        rec.status = base.RETRYING
+        rec.eta = now + max(0.0, float(delay))
+        self.counters[("retried", rec.type, reason)] += 1
+        self._enqueue(rec)
+
+    def report(self, consumer: str, report: Report) -> None:
+        task_id, outcome, detail = report
+        with self._cond:
+            if self._held.get(consumer) != task_id:
+                return  # late report of a task already released (timed out, lost): ignore
+            del self._held[consumer]
+            rec = self._active.get(task_id)
+            if rec is None:
+                return
+            now = self._clock()
+            if outcome == base.SUCCEEDED:
+                rec.result = detail
+                self._finish(rec, base.SUCCEEDED, now)
+            elif outcome == "retry":
+                self._fail(rec, base.REASON_RETRY, detail or {}, now)
+            elif outcome == "invalid":
+                self._fail(rec, base.REASON_INVALID, detail or {}, now)
+            else:
+                reason = (detail or {}).get("reason", base.REASON_ERROR)
+                self._fail(rec, reason, detail or {}, now)
+
+    def release_consumer(
+        self, consumer: str, reason: str, *, error: str = "", exit_status: int | None = None
+    ) -> str | None:
+        with self._cond:
+            task_id = self._held.pop(consumer, None)
+            rec = self._active.get(task_id) if task_id else None
+            if rec is None:
+                return None
+            self._fail(rec, reason, {"error": error, "exit_status": exit_status}, self._clock())
+            return task_id
+
+    def set_dispatching(self, on: bool) -> None:
+        with self._cond:
+            self._dispatching = bool(on)
+            self._cond.notify_all()
+
+    # -- queries and control -----------------------------------------------------------------
+    def queue_size(self) -> int:
+        with self._cond:
+            self._promote(self._clock())
+            return sum(1 for lane in self._ready for tid, seq in lane if self._is_live(tid, seq))
+
+    def _is_live(self, task_id: str, seq: int) -> bool:
+        rec = self._active.get(task_id)
+        return rec is not None and rec.seq == seq and rec.status == base.QUEUED
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        with self._cond:
+            rec = self._active.get(task_id) or self._finished.get(task_id)
+            return None if rec is None else rec.as_dict()
+
+    def retry_task(self, task_id: str) -> bool:
+        with self._cond:
+            rec = self._finished.get(task_id)
+            if rec is None or rec.status not in (base.DEAD, base.CANCELLED):
+                return False
+            del self._finished[task_id]
+            rec.attempts = 0
+            rec.eta = None
+            rec.finished_at = None
+            rec.status = base.QUEUED
+            self._enqueue(rec)
+            return True
+
+    def held(self) -> dict[str, str]:
+        """consumer -> task id, for every task being run now."""
+        with self._cond:
+            return dict(self._held)
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            now = self._clock()
+            self._promote(now)
+            by_priority: dict[int, int] = {}
+            oldest: dict[int, float] = {}
+            for prio in range(PRIORITY_MIN, PRIORITY_MAX + 1):
+                live = [self._active[t] for t, s in self._ready[prio] if self._is_live(t, s)]
+                if live:
+                    by_priority[prio] = len(live)
+                    oldest[prio] = now - min(r.ready_at or now for r in live)
+            counts = Counter(r.status for r in self._active.values())
+            counts.update(r.status for r in self._finished.values())
+            return {
+                "queued": sum(by_priority.values()),
+                "by_priority": by_priority,
+                "oldest_age_s": oldest,
+                "scheduled": counts.get(base.SCHEDULED, 0),
+                "retrying": counts.get(base.RETRYING, 0),
+                "running": len(self._held),
+                "by_status": dict(counts),
+                "store_keys": self.store.get_store_size(),
+                "dispatching": self._dispatching,
+                "counters": dict(self.counters),
+            }
+
+    def drain_events(self) -> list[tuple[str, str, str, float]]:
+        """Observations since the last call: (event, type, status, seconds) for metrics."""
+        with self._cond:
+            out = list(self._events)
+            self._events.clear()
+            return out
+
+    def maintain(self) -> dict[str, int]:
+        with self._cond:
+            now = self._clock()
+            promoted = self._promote(now)
+            expired = [(c, t) for c, t in self._held.items()
+                       if (r := self._active.get(t)) is not None
+                       and r.lease_until is not None and r.lease_until <= now]
+            for consumer, task_id in expired:
+                del self._held[consumer]
+                self._fail(self._active[task_id], base.REASON_TIMEOUT,
+                           {"error": f"lease of consumer {consumer} expired"}, now)
+        swept = self.store.cleanup()
+        return {"promoted": promoted, "leases_expired": len(expired), "keys_expired": swept}
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        """The master's view of its workers, for ``supervisor status``."""
+        with self._cond:
+            self._status = status
+
+    def get_status(self) -> dict[str, Any]:
+        return {"master": self._status, "stats": self.stats()}
+
+    # -- public store (delegated) ------------------------------------------------------------
+    def set_public(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.store.set_public(key, value, ttl)
+
+    def get_public(self, key: str) -> bytes | None:
+        return self.store.get_public(key)
+
+    def delete_public(self, key: str) -> bool:
+        return self.store.delete_public(key)
+
+    def cleanup(self) -> int:
+        return self.store.cleanup()
+
+    def get_store_size(self) -> int:
+        return self.store.get_store_size()
+
+    def list_keys(self) -> list[str]:
+        return self.store.list_keys()
+
+    def clear_store(self) -> None:
+        self.store.clear_store()
+
+    def ping(self) -> str:
+        return "pong"

@@ -1,0 +1,100 @@
+"""The broker process: a ``multiprocess`` manager server hosting one :class:`MemoryBroker`.
+
+Why a process of its own: the broker serves every client in a thread, and threads must not live
+in the master, which forks workers (see ARCHITECTURE "Fork safety"). The master forks it first,
+before it starts anything else; it dies with the master (``PR_SET_PDEATHSIG``).
+
+Why it registers the broker under a fixed id instead of ``BaseManager.register``: a client then
+needs one connection and one round trip per call, with no proxy refcounting that would be
+confused by ``os.fork``.
+
+Security: a Unix socket is created with mode 0600 inside a 0700 folder; every connection must
+pass the HMAC challenge with the auth key, whatever the address family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from multiprocess import managers
+
+from supervisor import osutil
+from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.wire import SERIALIZER
+from supervisor.errors import BrokerError
+
+BROKER_IDENT = "broker"
+
+
+def exposed_methods(obj: object) -> set[str]:
+    return {name for name in managers.public_methods(obj) if not name.startswith("_")}
+
+
+def serve(broker: MemoryBroker, address: Any, authkey: bytes, ready_fd: int | None = None) -> None:
+    """Bind ``address`` and serve ``broker`` forever (call in the broker process)."""
+    old_umask = os.umask(0o077)  # the Unix socket is born 0600: no window where others connect
+    try:
+        server = managers.Server({}, address, authkey, SERIALIZER)
+    finally:
+        os.umask(old_umask)
+    if isinstance(server.address, str):
+        os.chmod(server.address, 0o600)
+    server.id_to_obj[BROKER_IDENT] = (broker, exposed_methods(broker), None)
+    server.id_to_refcount[BROKER_IDENT] = 1
+    if ready_fd is not None:  # tell the master where we listen (port 0 means "pick one")
+        os.write(ready_fd, b"ok " + json.dumps(server.address).encode() + b"\n")
+        os.close(ready_fd)
+    server.serve_forever()
+
+
+def start_broker_process(
+    *,
+    address: Any,
+    authkey: bytes,
+    make_broker: Callable[[], MemoryBroker],
+    timeout_s: float = 10.0,
+) -> tuple[int, Any]:
+    """Fork the broker process; once it listens return (pid, address). Raises BrokerError."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the broker process
+        code = 0
+        try:
+            os.close(rfd)
+            os.setpgid(0, 0)  # terminal ^C is for the master to handle, not us
+            osutil.die_with_parent()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                        signal.SIGTTOU, signal.SIGQUIT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
+            signal.set_wakeup_fd(-1)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master blocked them to fork
+            serve(make_broker(), address, authkey, ready_fd=wfd)
+        except BaseException as exc:  # report why we could not listen, then go
+            with contextlib.suppress(OSError):
+                os.write(wfd, f"error {type(exc).__name__}: {exc}\n".encode())
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(wfd)
+    try:
+        answer = osutil.read_line(rfd, timeout_s)
+    finally:
+        os.close(rfd)
+    if not answer.startswith("ok "):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        reason = answer[6:] if answer.startswith("error ") else "no answer in time"
+        raise BrokerError(f"the broker could not listen at {address!r}: {reason}")
+    bound = json.loads(answer[3:])
+    return pid, tuple(bound) if isinstance(bound, list) else bound

@@ -1,0 +1,240 @@
+"""The ``supervisor`` command: run a master, or talk to a running one.
+
+Every setting of :mod:`supervisor.config` is a flag of ``supervisor run``. Client commands find
+the master through ``--run-dir``/``--address``/``--authkey`` (or their env variables). Bad input
+is reported as one line naming the bad value, with exit code 2; a master that cannot be reached,
+exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from supervisor import __version__
+from supervisor.config import FIELDS, Settings, load_settings
+from supervisor.errors import BrokerError, ExitCode, SupervisorError
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings (also SUPERVISOR_<NAME> env and the config file)")
+    for f in FIELDS:
+        # Parsed as text: the config layer converts it and names the field in its error.
+        g.add_argument(f.flag, dest=f.name, default=None,
+                       metavar=f.name.upper(), help=f.help + ("" if f.default is None or callable(
+                           f.default) else f" (default: {f.default})"))
+
+
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="run folder of the master (env SUPERVISOR_RUN_DIR)")
+    p.add_argument("--address", help="broker address (env SUPERVISOR_ADDRESS)")
+    p.add_argument("--authkey", help="broker auth key (env SUPERVISOR_AUTHKEY)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supervisor", description="A multiprocess worker "
+                                     "supervisor: queue, store, scheduler and forked workers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start the master (broker + workers) in the foreground")
+    run.add_argument("--config", help="TOML config file (env SUPERVISOR_CONFIG)")
+    _settings_flags(run)
+
+    push = sub.add_parser("push", help="queue a task")
+    push.add_argument("type", help="task type")
+    push.add_argument("--params", default="{}", help="task params as a JSON object")
+    push.add_argument("--priority", type=str, default=None, help="0-10, higher runs first")
+    push.add_argument("--delay", type=str, default=None, help="seconds to wait before it runs")
+    push.add_argument("--task-id", default=None, help="an id of your own (default: a UUID)")
+    _client_flags(push)
+
+    status = sub.add_parser("status", help="show the master, its workers and the queue")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    _client_flags(status)
+
+    store = sub.add_parser("store", help="read and write the public key/value store")
+    ssub = store.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    sget = ssub.add_parser("get", help="print a value (JSON)")
+    sget.add_argument("key")
+    sset = ssub.add_parser("set", help="set a value")
+    sset.add_argument("key")
+    sset.add_argument("value")
+    sset.add_argument("--ttl", type=str, default=None, help="seconds until it expires")
+    sset.add_argument("--json", action="store_true", help="parse VALUE as JSON (default: text)")
+    sdel = ssub.add_parser("delete", help="delete a key")
+    sdel.add_argument("key")
+    ssub.add_parser("list", help="list live keys")
+    for p in (sget, sset, sdel, *ssub.choices.values()):
+        if not any(a.dest == "run_dir" for a in p._actions):
+            _client_flags(p)
+
+    tasks = sub.add_parser("tasks", help="inspect and replay tasks")
+    tsub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    tshow = tsub.add_parser("show", help="show one task's record (JSON)")
+    tshow.add_argument("task_id")
+    tretry = tsub.add_parser("retry", help="queue a dead or cancelled task again")
+    tretry.add_argument("task_id")
+    for p in (tshow, tretry):
+        _client_flags(p)
+    return parser
+
+
+class UsageError(SupervisorError):
+    pass
+
+
+def _number(text: str | None, what: str, *, integer: bool = False) -> Any:
+    if text is None:
+        return None
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise UsageError(f"{what}: expected {kind}, got {text!r}") from None
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from supervisor.compat import connect
+
+    return connect(args.address, args.authkey, args.run_dir, timeout_s=args.timeout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from supervisor import logs
+    from supervisor.errors import AppImportError
+    from supervisor.master import Master
+    from supervisor.registry import load_app
+
+    cli = {f.name: getattr(args, f.name) for f in FIELDS}
+
+    def reload() -> Settings:
+        return load_settings(cli=cli, config_file=args.config)
+
+    settings = reload()
+    logs.setup_logging(settings.log_format, settings.log_level, settings.log_file)
+    from loguru import logger
+
+    log = logger.bind(component="master")
+    if not settings.app:
+        raise UsageError("no task app given: pass --app MODULE[:ATTR] (try --app supervisor.demo)")
+    try:
+        registry = load_app(settings.app)
+    except AppImportError as exc:
+        log.critical("{}", exc)
+        return int(ExitCode.APP_IMPORT)
+    log.debug("settings: {}", settings.public_dict())
+    return Master(settings=settings, registry=registry, reload_settings=reload).run()
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--params: not valid JSON ({exc.msg} at column {exc.colno}): "
+                         f"{args.params!r}") from None
+    if not isinstance(params, dict):
+        raise UsageError(f"--params: expected a JSON object, got {type(params).__name__}")
+    priority = _number(args.priority, "--priority", integer=True)
+    delay = _number(args.delay, "--delay")
+    task: dict[str, Any] = {"type": args.type, "params": params}
+    if args.task_id:
+        task["task_id"] = args.task_id
+    task_id = _connect(args).push_task(task, priority=priority, delay=delay)
+    print(task_id)
+    return 0
+
+
+def _fmt_age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _connect(args)._caller.call("get_status")
+    if args.json:
+        counters = status["stats"].get("counters", {})
+        status["stats"]["counters"] = {":".join(k): v for k, v in sorted(counters.items())}
+        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+        return 0
+    master, stats = status.get("master") or {}, status["stats"]
+    print(f"master pid {master.get('pid', '?')}  state {master.get('state', '?')}  "
+          f"workers {len(master.get('workers', []))}/{master.get('desired_workers', '?')}")
+    print(f"queue: {stats['queued']} ready, {stats['scheduled']} scheduled, "
+          f"{stats['retrying']} retrying, {stats['running']} running; "
+          f"store: {stats['store_keys']} keys")
+    print(f"{'SLOT':>4}  {'PID':>7}  {'STATE':<9} {'TASKS':>6}  {'FOR':>8}  TASK")
+    for w in master.get("workers", []):
+        task = f"{w['task_id']} ({w['task_type']})" if w.get("task_id") else "-"
+        print(f"{w['slot']:>4}  {w['pid']:>7}  {w['state']:<9} {w['tasks_done']:>6}  "
+              f"{_fmt_age(w.get('running_s')):>8}  {task}")
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    q = _connect(args)
+    action = args.store_command
+    if action == "get":
+        value = q.get_public(args.key)
+        if value is None:
+            print(f"key {args.key!r} is not set (or expired)", file=sys.stderr)
+            return 1
+        print(json.dumps(value, default=repr, ensure_ascii=False))
+    elif action == "set":
+        value: Any = args.value
+        if args.json:
+            try:
+                value = json.loads(args.value)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"VALUE: not valid JSON ({exc.msg}): {args.value!r}") from None
+        q.set_public(args.key, value, ttl=_number(args.ttl, "--ttl"))
+    elif action == "delete":
+        if not q.delete_public(args.key):
+            print(f"key {args.key!r} was not set", file=sys.stderr)
+            return 1
+    else:
+        for key in q.list_keys():
+            print(key)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    q = _connect(args)
+    if args.tasks_command == "show":
+        rec = q.get_task(args.task_id)
+        if rec is None:
+            print(f"task {args.task_id!r} is unknown", file=sys.stderr)
+            return 1
+        print(json.dumps(rec, indent=2, sort_keys=True, default=repr, ensure_ascii=False))
+        return 0
+    if not q.retry_task(args.task_id):
+        print(f"task {args.task_id!r} is not dead or cancelled (or unknown)", file=sys.stderr)
+        return 1
+    print(args.task_id)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "push": cmd_push, "status": cmd_status, "store": cmd_store,
+            "tasks": cmd_tasks}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokerError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    except SupervisorError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

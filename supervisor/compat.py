@@ -1,0 +1,97 @@
+"""The seed's module-level convenience functions, over one explicit default client.
+
+``get_queue()`` returns, in a worker, the worker's own connection; in the master, the master's;
+anywhere else, a client connected with ``SUPERVISOR_ADDRESS``/``SUPERVISOR_AUTHKEY`` or the run
+folder's files (see :func:`supervisor.broker.client.locate`). This is the only module-level state
+in the package, as in the seed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from supervisor.broker.client import BrokerClient
+from supervisor.queue import Queue
+
+_lock = threading.Lock()
+_default: Queue | None = None
+_default_pid: int | None = None
+
+
+def connect(
+    address: str | None = None,
+    authkey: str | bytes | None = None,
+    run_dir: str | None = None,
+    *,
+    timeout_s: float | None = None,
+    max_payload_bytes: int | None = 1 << 20,
+) -> Queue:
+    """A new client of a running master's broker (see module docstring for how it is found)."""
+    client = BrokerClient.from_env(address, authkey, run_dir, timeout_s=timeout_s)
+    client.call("ping")
+    return Queue(client, max_payload_bytes=max_payload_bytes)
+
+
+def set_default_queue(queue: Queue | None) -> None:
+    global _default, _default_pid
+    with _lock:
+        _default, _default_pid = queue, os.getpid() if queue is not None else None
+
+
+def get_queue() -> Queue:
+    """The process's default queue client, connected on first use."""
+    global _default, _default_pid
+    with _lock:
+        if _default is None or _default_pid != os.getpid():
+            _default, _default_pid = connect(), os.getpid()
+        return _default
+
+
+def push_task(task: dict[str, Any], priority: int | None = None, delay: float | None = None) -> str:
+    return get_queue().push_task(task, priority=priority, delay=delay)
+
+
+def pop_task(timeout: float | None = None) -> dict[str, Any] | None:
+    return get_queue().pop_task(timeout)
+
+
+def task_done(task_id: str | None = None, result: Any = None) -> None:
+    get_queue().task_done(task_id, result)
+
+
+def get_queue_size() -> int:
+    return get_queue().get_queue_size()
+
+
+def is_empty() -> bool:
+    return get_queue().is_empty()
+
+
+def set_public(key: str, value: Any, ttl: float | None = None) -> None:
+    get_queue().set_public(key, value, ttl)
+
+
+def get_public(key: str) -> Any:
+    return get_queue().get_public(key)
+
+
+def delete_public(key: str) -> bool:
+    return get_queue().delete_public(key)
+
+
+def cleanup() -> int:
+    return get_queue().cleanup()
+
+
+def get_store_size() -> int:
+    return get_queue().get_store_size()
+
+
+def list_keys() -> list[str]:
+    return get_queue().list_keys()
+
+
+def clear_store() -> None:
+    get_queue().clear_store()

@@ -1,0 +1,253 @@
+"""One validated settings object.
+
+Precedence, lowest first: defaults < config file (TOML, table ``[supervisor]``) < ``SUPERVISOR_*``
+environment variables < command-line flags. Each field is declared once in ``FIELDS`` with its type,
+default, environment name, flag and help; the CLI, the README's table and the validation are all
+derived from that list. Errors name the field, the bad value, what was expected and where the value
+came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: type
+    default: Any
+    help: str
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    nullable: bool = False
+
+    @property
+    def env(self) -> str:
+        return "SUPERVISOR_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+def default_run_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"supervisor-{os.getuid()}")
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("app", str, None, "task app to load: 'module' or 'module:attr'", nullable=True),
+    Field("workers", int, _cpu_count, "number of worker processes (default: CPU count)", minimum=1),
+    Field("run_dir", str, default_run_dir, "folder for the socket, auth key and pid file"),
+    Field(
+        "address",
+        str,
+        None,
+        "broker address: a Unix socket path (default: RUN_DIR/broker.sock) or HOST:PORT",
+        nullable=True,
+    ),
+    Field(
+        "authkey",
+        str,
+        None,
+        "broker auth key (default: random, written to RUN_DIR/authkey, mode 0600)",
+        secret=True,
+        nullable=True,
+    ),
+    Field("graceful_timeout", float, 25.0, "seconds running tasks get to finish on TERM", minimum=0),
+    Field("default_timeout", float, 300.0, "hard timeout of a task type that sets none (s)",
+          minimum=0.01),
+    Field("default_soft_timeout", float, None, "soft timeout of a task type that sets none (s)",
+          minimum=0.01, nullable=True),
+    Field("max_retries", int, 3, "retries of a task type that sets none", minimum=0),
+    Field("backoff_base", float, 1.0, "first retry delay before jitter (s)", minimum=0),
+    Field("backoff_cap", float, 300.0, "largest retry delay (s)", minimum=0),
+    Field("max_tasks_per_child", int, 0, "recycle a worker after this many tasks (0: never)",
+          minimum=0),
+    Field("max_tasks_per_child_jitter", int, 0, "random extra tasks before recycling", minimum=0),
+    Field("max_memory_per_child", int, 0, "recycle a worker whose RSS passes this many MiB (0: off)",
+          minimum=0),
+    Field("heartbeat_timeout", float, 30.0, "an idle worker silent this long is hung (s)",
+          minimum=0.5),
+    Field("crash_limit", int, 30, "crashes within crash_window that stop the master (0: off)",
+          minimum=0),
+    Field("crash_window", float, 60.0, "window of the crash-loop breaker (s)", minimum=0.1),
+    Field("restart_backoff_cap", float, 10.0, "largest per-slot respawn delay (s)", minimum=0),
+    Field("max_payload_bytes", int, 1048576, "largest pickled task params or store value",
+          minimum=1),
+    Field("finished_records", int, 10000, "finished task records kept in memory", minimum=0),
+    Field("log_format", str, "auto", "log format: text, json, or auto (text on a terminal)",
+          choices=("auto", "text", "json")),
+    Field("log_level", str, "INFO", "minimum log level",
+          choices=("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")),
+    Field("log_file", str, None, "also log to this file (reopened on USR1)", nullable=True),
+)
+
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with :func:`load_settings`, or ``Settings.defaults()``."""
+
+    app: str | None
+    workers: int
+    run_dir: str
+    address: str | None
+    authkey: str | None
+    graceful_timeout: float
+    default_timeout: float
+    default_soft_timeout: float | None
+    max_retries: int
+    backoff_base: float
+    backoff_cap: float
+    max_tasks_per_child: int
+    max_tasks_per_child_jitter: int
+    max_memory_per_child: int
+    heartbeat_timeout: float
+    crash_limit: int
+    crash_window: float
+    restart_backoff_cap: float
+    max_payload_bytes: int
+    finished_records: int
+    log_format: str
+    log_level: str
+    log_file: str | None
+    config_file: str | None = None
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> Settings:
+        return load_settings(cli=overrides, env={}, config_file=None)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every setting, with secrets masked: safe to log or show."""
+        out = dataclasses.asdict(self)
+        for f in FIELDS:
+            if f.secret and out.get(f.name) is not None:
+                out[f.name] = "***"
+        return out
+
+
+def _convert(f: Field, raw: Any, source: str) -> Any:
+    if raw is None or (isinstance(raw, str) and f.nullable and raw.strip().lower() in ("", "none")):
+        if f.nullable:
+            return None
+        raise ConfigError(f"{f.name}: a value is required (from {source})")
+    shown = "***" if f.secret else repr(raw)
+    try:
+        if f.kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value: Any = int(raw)
+        elif f.kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError):
+        expected = {int: "an integer", float: "a number", str: "a string"}[f.kind]
+        raise ConfigError(f"{f.name}: expected {expected}, got {shown} (from {source})") from None
+    if f.choices:
+        norm = value.upper() if f.name == "log_level" else value.lower()
+        if norm not in f.choices:
+            raise ConfigError(
+                f"{f.name}: expected one of {', '.join(f.choices)}, got {shown} (from {source})"
+            )
+        value = norm
+    if f.minimum is not None and value < f.minimum:
+        raise ConfigError(f"{f.name}: expected a value >= {f.minimum:g}, got {shown} (from {source})")
+    return value
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The whole TOML document; a missing or malformed file is a ConfigError naming it."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc.strerror}") from None
+
+
+def load_settings(
+    *,
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    extra_check: Callable[[Settings], None] | None = None,
+) -> Settings:
+    """Merge defaults < config file < env < cli and validate every field.
+
+    ``cli`` holds only the flags the user gave (None means "not given"). ``env`` defaults to
+    ``os.environ``. The config file is ``config_file``, else ``SUPERVISOR_CONFIG`` from env.
+    """
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    config_file = config_file or env.get("SUPERVISOR_CONFIG") or None
+    file_values: dict[str, Any] = {}
+    if config_file:
+        doc = read_config_file(config_file)
+        section = doc.get("supervisor", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {config_file!r}: [supervisor] must be a table")
+        stray = sorted(k for k in doc if k in FIELDS_BY_NAME)
+        if stray:  # silently ignoring them would run with the defaults instead
+            raise ConfigError(
+                f"config file {config_file!r}: setting(s) {', '.join(stray)} are outside the "
+                "[supervisor] table; put them under [supervisor]"
+            )
+        unknown = sorted(set(section) - set(FIELDS_BY_NAME))
+        if unknown:
+            raise ConfigError(
+                f"config file {config_file!r}: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(FIELDS_BY_NAME)}"
+            )
+        file_values = section
+    unknown_cli = sorted(set(cli) - set(FIELDS_BY_NAME))
+    if unknown_cli:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown_cli)}")
+    values: dict[str, Any] = {}
+    for f in FIELDS:
+        if f.name in cli:
+            values[f.name] = _convert(f, cli[f.name], f"flag {f.flag}")
+        elif f.env in env:
+            values[f.name] = _convert(f, env[f.env], f"env {f.env}")
+        elif f.name in file_values:
+            values[f.name] = _convert(f, file_values[f.name], f"config file {config_file}")
+        else:
+            values[f.name] = f.default() if callable(f.default) else f.default
+    settings = Settings(**values, config_file=config_file)
+    if settings.backoff_cap < settings.backoff_base:
+        raise ConfigError(
+            f"backoff_cap: expected a value >= backoff_base ({settings.backoff_base:g}), "
+            f"got {settings.backoff_cap:g}"
+        )
+    if extra_check is not None:
+        extra_check(settings)
+    return settings

@@ -1,0 +1,542 @@
+"""The master: forks and supervises the broker and the workers (gunicorn's arbiter, for tasks).
+
+The loop is single-threaded and short: wait for a signal or a timer, handle the recorded signals,
+reap children, enforce hard deadlines and liveness, reconcile the worker count, tick the broker.
+Signal handlers only record (see :mod:`supervisor.signals`). Nothing here starts a thread, so
+forking workers from this process is safe; the broker's threads live in its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from loguru import logger
+
+from supervisor import logs, osutil
+from supervisor import scoreboard as sb
+from supervisor.broker.base import REASON_SHUTDOWN, REASON_TIMEOUT, REASON_WORKER_LOST
+from supervisor.broker.client import BrokerClient, format_address
+from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.server import start_broker_process
+from supervisor.config import Settings
+from supervisor.errors import BrokerError, ExitCode, SupervisorError
+from supervisor.policy import RestartBreaker, SlotBackoff
+from supervisor.queue import Queue
+from supervisor.registry import TaskOptions, TaskRegistry
+from supervisor.runfiles import RunFiles
+from supervisor.signals import SignalQueue
+from supervisor.worker import Worker
+
+TICK_S = 0.5  # longest sleep of the loop: a hard deadline is enforced within about this much
+HEALTHY_AFTER_S = 5.0  # a slot whose worker lived this long (or ran a task) resets its backoff
+RUNNING, DRAINING, STOPPING, STOPPED = "running", "draining", "stopping", "stopped"
+
+
+@dataclass
+class WorkerHandle:
+    slot: int
+    pid: int
+    started_at: float
+    kill_reason: str | None = None  # why the master killed it: timeout, hung, shutdown
+    retiring: bool = False  # asked to finish its task and exit (TTOU, HUP, drain)
+
+    @property
+    def consumer(self) -> str:
+        return f"worker:{self.slot}:{self.pid}"
+
+
+@dataclass
+class SlotState:
+    backoff: SlotBackoff
+    spawn_after: float = 0.0
+
+
+@dataclass
+class MasterStats:
+    restarts: Counter[str] = field(default_factory=Counter)
+    loop_lag_s: float = 0.0
+
+
+def resolve_options(registry: TaskRegistry, settings: Settings) -> dict[str, TaskOptions]:
+    return {
+        name: opts.resolved(
+            timeout_s=settings.default_timeout,
+            soft_timeout_s=settings.default_soft_timeout,
+            max_retries=settings.max_retries,
+            backoff_base_s=settings.backoff_base,
+            backoff_cap_s=settings.backoff_cap,
+        )
+        for name, opts in registry.all_options().items()
+    }
+
+
+class Master:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: TaskRegistry,
+        reload_settings: Callable[[], Settings] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.reload_settings = reload_settings
+        self.clock = clock
+        self.log = logger.bind(component="master")
+        self.state = RUNNING
+        self.exit_code = ExitCode.OK
+        self.workers: dict[int, WorkerHandle] = {}
+        self.slots: dict[int, SlotState] = {}
+        self.desired = settings.workers
+        self.breaker = RestartBreaker(settings.crash_limit, settings.crash_window)
+        self.stats = MasterStats()
+        self.replace_pids: set[int] = set()
+        self.surge_pid: int | None = None
+        self.drain_deadline = 0.0
+        self.broker_pid = 0
+        self.last_tick = 0.0
+        self._last_maintain = 0.0
+        self._last_memory_check = 0.0
+        self._published_pids: frozenset[int] = frozenset()
+        self.options = resolve_options(registry, settings)
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        self.run_files = RunFiles.prepare(s.run_dir, s.address, s.authkey)
+        self.scoreboard = sb.Scoreboard(max(256, self.desired * 4))
+        self.signals = SignalQueue()
+        self.signals.install()
+        default = TaskOptions(timeout_s=s.default_timeout, soft_timeout_s=s.default_soft_timeout,
+                              max_retries=s.max_retries, backoff_base_s=s.backoff_base,
+                              backoff_cap_s=s.backoff_cap)
+        with self.signals.blocked():
+            self.broker_pid, address = start_broker_process(
+                address=self.run_files.address,
+                authkey=self.run_files.authkey,
+                make_broker=lambda: MemoryBroker(
+                    task_types=self.options, default_options=default,
+                    max_payload_bytes=s.max_payload_bytes, finished_records=s.finished_records),
+            )
+        self.run_files.publish(address)
+        self.client = BrokerClient(self.run_files.address, self.run_files.authkey, timeout_s=10.0)
+        self.queue = Queue(self.client, max_payload_bytes=s.max_payload_bytes)
+        self.log.info("master started: pid {}, broker pid {} at {}, {} worker(s), task types: {}",
+                      os.getpid(), self.broker_pid, format_address(self.run_files.address),
+                      self.desired, ", ".join(self.registry.names()) or "(none)")
+        for hook in self.registry.on_start:
+            try:
+                hook(self.queue)
+            except Exception as exc:
+                self.log.opt(exception=exc).error("on_master_start hook {} failed: {}",
+                                                  getattr(hook, "__name__", hook), exc)
+        self.manage_workers(self.clock())
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, loop until stopped, clean up; return the exit code."""
+        try:
+            self.start()
+        except SupervisorError as exc:
+            self.log.critical("cannot start: {}", exc)
+            self.cleanup()
+            return int(ExitCode.USAGE if "already running" in str(exc) else ExitCode.ERROR)
+        try:
+            while self.state != STOPPED:
+                self.sleep()
+                now = self.clock()
+                self.stats.loop_lag_s = max(0.0, now - self.last_tick - TICK_S) if self.last_tick else 0.0
+                self.last_tick = now
+                self.handle_signals(now)
+                self.reap_workers(now)
+                self.enforce_deadlines(now)
+                self.check_liveness(now)
+                self.manage_workers(now)
+                self.advance_shutdown(now)
+                self.tick_broker(now)
+        except Exception as exc:
+            self.log.opt(exception=exc).critical("master loop failed: {}", exc)
+            self.exit_code = ExitCode.ERROR
+            self.kill_all(REASON_SHUTDOWN)
+            self.reap_blocking(5.0)
+        self.cleanup()
+        return int(self.exit_code)
+
+    def sleep(self) -> None:
+        now = self.clock()
+        timeout = TICK_S
+        for w in self.workers.values():
+            view = self.scoreboard.read(w.slot)
+            if view.state == sb.BUSY and view.deadline > 0:
+                timeout = min(timeout, view.deadline - now)
+        for st in self.slots.values():
+            if st.spawn_after > now:
+                timeout = min(timeout, st.spawn_after - now)
+        if self.state == DRAINING:
+            timeout = min(timeout, self.drain_deadline - now)
+        self.signals.wait(max(0.0, timeout))
+
+    # -- signals -----------------------------------------------------------------------------
+    def handle_signals(self, now: float) -> None:
+        for signum in self.signals.drain():
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.state == RUNNING:
+                    self.log.info("{}: graceful shutdown (up to {:g} s)", name,
+                                  self.settings.graceful_timeout)
+                    self.begin_drain(now)
+                elif self.state == DRAINING:
+                    self.log.warning("{} again: fast shutdown", name)
+                    self.begin_fast()
+            elif signum == signal.SIGQUIT:
+                self.log.warning("SIGQUIT: fast shutdown")
+                self.begin_fast()
+            elif signum == signal.SIGHUP and self.state == RUNNING:
+                self.reload()
+            elif signum == signal.SIGTTIN and self.state == RUNNING:
+                self.desired += 1
+                self.log.info("SIGTTIN: {} worker(s) wanted", self.desired)
+            elif signum == signal.SIGTTOU and self.state == RUNNING:
+                self.desired = max(1, self.desired - 1)
+                self.log.info("SIGTTOU: {} worker(s) wanted", self.desired)
+            elif signum == signal.SIGUSR1:
+                logs.reopen()
+                self.log.info("SIGUSR1: log files reopened")
+            elif signum == signal.SIGUSR2:
+                self.dump_stacks()
+
+    def dump_stacks(self) -> None:
+        frame = sys._current_frames().get(__import__("threading").get_ident())
+        stack = "".join(traceback.format_stack(frame)) if frame else "(unavailable)"
+        self.log.info("stack of master (pid {}):\n{}", os.getpid(), stack)
+        for w in list(self.workers.values()):
+            self._signal_worker(w, signal.SIGUSR2)
+
+    def reload(self) -> None:
+        if self.reload_settings is None:
+            return
+        try:
+            new = self.reload_settings()
+        except SupervisorError as exc:
+            self.log.error("SIGHUP: configuration not reloaded: {}", exc)
+            return
+        self.settings = new
+        self.desired = new.workers
+        self.breaker = RestartBreaker(new.crash_limit, new.crash_window)
+        self.options = resolve_options(self.registry, new)
+        logs.setup_logging(new.log_format, new.log_level, new.log_file)
+        try:
+            self.client.call("configure", self.options, max_payload_bytes=new.max_payload_bytes,
+                             finished_records=new.finished_records)
+        except BrokerError as exc:
+            self.log.error("SIGHUP: broker not reconfigured: {}", exc)
+        self.replace_pids = {pid for pid, w in self.workers.items() if not w.retiring}
+        self.log.info("SIGHUP: configuration reloaded; replacing {} worker(s) one by one",
+                      len(self.replace_pids))
+
+    # -- children ----------------------------------------------------------------------------
+    def spawn_worker(self, slot: int, now: float) -> int:
+        s = self.settings
+        worker = Worker(
+            slot=slot, registry=self.registry, options=self.options, scoreboard=self.scoreboard,
+            address=self.run_files.address, authkey=self.run_files.authkey,
+            master_pid=os.getpid(), max_tasks=s.max_tasks_per_child,
+            max_tasks_jitter=s.max_tasks_per_child_jitter,
+            max_memory_bytes=s.max_memory_per_child * 1024 * 1024,
+            max_payload_bytes=s.max_payload_bytes, close_fds=self.signals.fds(),
+        )
+        self.scoreboard.reset(slot, 0, now)
+        with self.signals.blocked():
+            pid = os.fork()
+            if pid == 0:
+                worker.run()  # never returns
+        self.scoreboard.reset(slot, pid, now)
+        self.workers[pid] = WorkerHandle(slot, pid, now)
+        self.log.bind(worker=slot).debug("forked worker pid {}", pid)
+        return pid
+
+    def _signal_worker(self, w: WorkerHandle, signum: int, group: bool = False) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(w.pid, signum)
+            else:
+                os.kill(w.pid, signum)
+        if group:  # the worker may not have called setpgid yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(w.pid, signum)
+
+    def kill_worker(self, w: WorkerHandle, reason: str) -> None:
+        if w.kill_reason is None:
+            w.kill_reason = reason
+        self._signal_worker(w, signal.SIGKILL, group=True)
+
+    def kill_all(self, reason: str) -> None:
+        for w in list(self.workers.values()):
+            self.kill_worker(w, reason)
+
+    def reap_workers(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.broker_pid:
+                self.on_broker_exit(status)
+                continue
+            w = self.workers.pop(pid, None)
+            if w is None:
+                self.log.debug("reaped orphan pid {} ({})", pid, osutil.describe_status(status))
+                continue
+            self.on_worker_exit(w, status, now)
+
+    def on_worker_exit(self, w: WorkerHandle, status: int, now: float) -> None:
+        view = self.scoreboard.read(w.slot)
+        self.scoreboard.clear(w.slot)
+        self.replace_pids.discard(w.pid)
+        if self.surge_pid == w.pid:
+            self.surge_pid = None
+        how = osutil.describe_status(status)
+        log = self.log.bind(worker=w.slot, pid=w.pid)
+        slot = self.slots.setdefault(w.slot, SlotState(SlotBackoff(cap_s=self.settings.restart_backoff_cap)))
+        if view.tasks_done > 0 or now - w.started_at >= HEALTHY_AFTER_S:
+            slot.backoff.healthy()
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if w.kill_reason is not None:
+            reason = w.kill_reason
+            broker_reason = {"timeout": REASON_TIMEOUT, "shutdown": REASON_SHUTDOWN}.get(
+                reason, REASON_WORKER_LOST)
+            error = {"timeout": f"hard timeout exceeded; worker killed ({how})",
+                     "hung": f"worker hung; killed ({how})"}.get(reason, f"worker killed ({how})")
+            log.warning("worker {} killed: {}", w.pid, reason) if reason != "shutdown" else None
+        elif clean:
+            reason = sb.EXIT_REASONS.get(view.exit_reason) or "exit"
+            broker_reason, error = REASON_WORKER_LOST, f"worker exited ({how}) holding the task"
+            log.debug("worker {} exited: {}", w.pid, reason)
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == ExitCode.WORKER_BOOT:
+            log.critical("worker {} failed to boot; stopping (not respawning in a loop)", w.pid)
+            self.halt(ExitCode.WORKER_BOOT)
+            return
+        else:
+            reason = "crash"
+            broker_reason, error = REASON_WORKER_LOST, f"worker lost ({how})"
+            delay = slot.backoff.crashed()
+            slot.spawn_after = now + delay
+            log.error("worker {} died ({}) while {}{}; respawning in {:.2f} s", w.pid, how,
+                      view.state_name, f" running task {view.task_id}" if view.task_id else "",
+                      delay)
+            if self.breaker.record(now) and self.state == RUNNING:
+                log.critical("{} worker crashes within {:g} s: crash-loop breaker tripped; "
+                             "stopping", self.breaker.recent, self.breaker.window_s)
+                self.halt(ExitCode.CRASH_LOOP)
+        self.stats.restarts[reason] += 1
+        try:
+            task_id = self.client.call("release_consumer", w.consumer, broker_reason,
+                                       error=error, exit_status=osutil.exit_code_of(status))
+        except BrokerError as exc:
+            log.error("could not release the task of worker {}: {}", w.pid, exc)
+            return
+        if task_id:
+            log.bind(task_id=task_id).warning("task released from worker {}: {}", w.pid,
+                                              broker_reason)
+
+    def on_broker_exit(self, status: int) -> None:
+        self.broker_pid = 0
+        if self.state == STOPPED:
+            return
+        self.log.critical("the broker process died ({}); its queue is gone; stopping",
+                          osutil.describe_status(status))
+        self.exit_code = ExitCode.BROKER_LOST
+        self.kill_all(REASON_SHUTDOWN)
+        self.state = STOPPING
+
+    def halt(self, code: ExitCode) -> None:
+        """Stop at once with ``code``: kill the workers and requeue their tasks."""
+        self.exit_code = code
+        self.begin_fast()
+
+    # -- supervision -------------------------------------------------------------------------
+    def enforce_deadlines(self, now: float) -> None:
+        for w in list(self.workers.values()):
+            if w.kill_reason is not None:
+                continue
+            view = self.scoreboard.read(w.slot)
+            if view.state == sb.BUSY and 0 < view.deadline <= now:
+                self.log.bind(worker=w.slot, pid=w.pid, task_id=view.task_id).warning(
+                    "task {} of type {} passed its hard timeout; killing worker {} and its group",
+                    view.task_id, view.task_type, w.pid)
+                self.kill_worker(w, "timeout")
+
+    def check_liveness(self, now: float) -> None:
+        limit = self.settings.heartbeat_timeout
+        check_memory = bool(self.settings.max_memory_per_child) and now - self._last_memory_check >= 1.0
+        if check_memory:
+            self._last_memory_check = now
+        for w in list(self.workers.values()):
+            if w.kill_reason is not None:
+                continue
+            view = self.scoreboard.read(w.slot)
+            if view.state in (sb.IDLE, sb.BOOTING) and now - view.heartbeat > limit:
+                self.log.bind(worker=w.slot, pid=w.pid).error(
+                    "worker {} silent for {:.1f} s while {}: hung; killing it", w.pid,
+                    now - view.heartbeat, view.state_name)
+                self.kill_worker(w, "hung")
+            elif check_memory and view.state == sb.BUSY and not view.recycle_request:
+                try:
+                    rss = psutil.Process(w.pid).memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > self.settings.max_memory_per_child * 1024 * 1024:
+                    self.log.bind(worker=w.slot, pid=w.pid).info(
+                        "worker {} uses {} MiB: recycled after its task", w.pid, rss >> 20)
+                    self.scoreboard.request_recycle(w.slot)
+
+    def manage_workers(self, now: float) -> None:
+        if self.state != RUNNING:
+            return
+        self._rolling_replace(now)
+        active = [w for w in self.workers.values() if not w.retiring and w.kill_reason is None]
+        wanted = self.desired + (1 if self.surge_pid in self.workers else 0)
+        if len(active) < wanted:
+            used = {w.slot for w in self.workers.values()}
+            free = (i for i in range(self.scoreboard.slots) if i not in used)
+            for slot in free:
+                if len(active) >= wanted:
+                    break
+                st = self.slots.setdefault(slot, SlotState(SlotBackoff(cap_s=self.settings.restart_backoff_cap)))
+                if st.spawn_after > now:
+                    continue
+                pid = self.spawn_worker(slot, now)
+                active.append(self.workers[pid])
+        elif len(active) > wanted:
+            def idle_first(w: WorkerHandle) -> tuple[bool, int]:
+                return (self.scoreboard.read(w.slot).state == sb.BUSY, -w.slot)
+
+            for w in sorted(active, key=idle_first)[: len(active) - wanted]:
+                self.retire(w)
+
+    def _rolling_replace(self, now: float) -> None:
+        self.replace_pids &= set(self.workers)
+        if not self.replace_pids:
+            return
+        if self.surge_pid is None:
+            used = {w.slot for w in self.workers.values()}
+            slot = next(i for i in range(self.scoreboard.slots) if i not in used)
+            self.surge_pid = self.spawn_worker(slot, now)
+            return
+        surge = self.workers.get(self.surge_pid)
+        if surge is not None and self.scoreboard.read(surge.slot).state in (sb.IDLE, sb.BUSY):
+            old = self.workers[min(self.replace_pids)]
+            self.replace_pids.discard(old.pid)
+            self.surge_pid = None
+            self.retire(old)
+
+    def retire(self, w: WorkerHandle) -> None:
+        w.retiring = True
+        self._signal_worker(w, signal.SIGTERM)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def begin_drain(self, now: float) -> None:
+        self.state = DRAINING
+        self.drain_deadline = now + self.settings.graceful_timeout
+        self._set_dispatching(False)
+        for w in list(self.workers.values()):
+            self.retire(w)
+
+    def begin_fast(self) -> None:
+        self.state = STOPPING
+        self._set_dispatching(False)
+        self.kill_all(REASON_SHUTDOWN)
+
+    def _set_dispatching(self, on: bool) -> None:
+        try:
+            self.client.call("set_dispatching", on)
+        except BrokerError as exc:
+            self.log.error("could not stop dispatching: {}", exc)
+
+    def advance_shutdown(self, now: float) -> None:
+        if self.state == DRAINING and self.workers and now >= self.drain_deadline:
+            busy = len(self.workers)
+            self.log.warning("graceful timeout passed; killing {} worker(s), their tasks go back "
+                             "to the queue", busy)
+            self.state = STOPPING
+            self.kill_all(REASON_SHUTDOWN)
+        if self.state in (DRAINING, STOPPING) and not self.workers:
+            self.state = STOPPED
+
+    def reap_blocking(self, timeout_s: float) -> None:
+        deadline = self.clock() + timeout_s
+        while self.workers and self.clock() < deadline:
+            self.reap_workers(self.clock())
+            if self.workers:
+                self.signals.wait(0.05)
+
+    def tick_broker(self, now: float) -> None:
+        """Broker housekeeping once a second; the status snapshot also whenever workers changed."""
+        if self.state == STOPPED or not self.broker_pid:
+            return
+        pids = frozenset(self.workers)
+        due = now - self._last_maintain >= 1.0
+        if not due and pids == self._published_pids:
+            return
+        try:
+            if due:
+                self._last_maintain = now
+                self.client.call("maintain")
+            self.client.call("publish_status", self.status_snapshot(now))
+            self._published_pids = pids
+        except BrokerError as exc:
+            self.log.error("broker tick failed: {}", exc)
+
+    def status_snapshot(self, now: float) -> dict[str, Any]:
+        workers = []
+        for w in sorted(self.workers.values(), key=lambda w: w.slot):
+            v = self.scoreboard.read(w.slot)
+            workers.append({
+                "slot": w.slot, "pid": w.pid, "state": "retiring" if w.retiring and v.state != sb.BUSY else v.state_name,
+                "task_id": v.task_id or None, "task_type": v.task_type or None,
+                "running_s": round(now - v.task_started, 3) if v.state == sb.BUSY else None,
+                "tasks_done": v.tasks_done, "uptime_s": round(now - w.started_at, 3),
+            })
+        return {"pid": os.getpid(), "state": self.state, "desired_workers": self.desired,
+                "workers": workers, "restarts": dict(self.stats.restarts),
+                "loop_lag_s": round(self.stats.loop_lag_s, 4)}
+
+    def cleanup(self) -> None:
+        if getattr(self, "broker_pid", 0):
+            with contextlib.suppress(BrokerError, AttributeError):
+                stats = self.client.call("stats")
+                left = stats["queued"] + stats["scheduled"] + stats["retrying"]
+                if left:
+                    self.log.warning("{} task(s) still queued or delayed are dropped with the "
+                                     "in-memory broker", left)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.broker_pid, signal.SIGTERM)
+            deadline = self.clock() + 5.0
+            while self.clock() < deadline:
+                pid, _ = os.waitpid(self.broker_pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.01)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.broker_pid, signal.SIGKILL)
+                os.waitpid(self.broker_pid, 0)
+            self.broker_pid = 0
+        if hasattr(self, "run_files"):
+            self.run_files.remove()
+        if hasattr(self, "signals"):
+            self.signals.uninstall()
+        self.log.info("master stopped (exit code {} {})", int(self.exit_code), self.exit_code.name)

@@ -1,0 +1,224 @@
+"""The task queue and public store as every process sees them (the seed's API, kept).
+
+``Queue`` talks to a broker: the master's over its manager connection (``supervisor.connect()``),
+or an in-process :class:`MemoryBroker` (``MemoryQueue``, the seed's class). The seed's method names
+and return values are kept; params and values are pickled here, on the client side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from supervisor import payload
+from supervisor.broker.memory import MemoryBroker
+from supervisor.errors import TaskError
+from supervisor.registry import check_priority
+
+_TASK_KEYS = {"task_id", "type", "params", "priority", "delay", "eta"}
+
+
+class Caller(Protocol):
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class LocalCaller:
+    """Calls an in-process broker directly (no manager)."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        self.broker = broker
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.broker, method)(*args, **kwargs)
+
+
+def build_message(
+    task: Any,
+    *,
+    priority: int | None = None,
+    delay: float | None = None,
+    max_payload_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Validate a seed-style task dict and turn it into a broker message (params pickled).
+
+    A ``delay`` travels as it is: the broker adds it to its own clock, so that neither a
+    producer's clock skew nor a broker's injected clock shifts it.
+    """
+    if not isinstance(task, dict):
+        raise TaskError(f"a task must be a dict like {{'type': ..., 'params': {{...}}}}, "
+                        f"got {type(task).__name__}")
+    unknown = set(task) - _TASK_KEYS
+    if unknown:
+        raise TaskError(f"unknown task key(s) {sorted(unknown)}; known: {sorted(_TASK_KEYS)}")
+    task_type = task.get("type")
+    if not isinstance(task_type, str) or not task_type:
+        raise TaskError(f"task 'type' must be a non-empty string, got {task_type!r}")
+    prio = priority if priority is not None else task.get("priority")
+    if prio is not None:
+        check_priority(prio)
+    delay = delay if delay is not None else task.get("delay")
+    eta = task.get("eta")
+    if delay is not None:
+        if (isinstance(delay, bool) or not isinstance(delay, int | float)
+                or not 0 <= delay < math.inf):
+            raise TaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        eta = None
+    elif eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)
+                              or not math.isfinite(eta)):
+        raise TaskError(f"eta must be epoch seconds, got {eta!r}")
+    params = task.get("params", {})
+    blob = payload.dumps(params, what=f"params of task type {task_type!r}", limit=max_payload_bytes)
+    msg: dict[str, Any] = {"type": task_type, "params": blob, "priority": prio, "eta": eta}
+    if delay is not None:
+        msg["delay"] = delay
+    if task.get("task_id") is not None:
+        msg["task_id"] = task["task_id"]
+    return msg
+
+
+def decode_message(msg: dict[str, Any]) -> dict[str, Any]:
+    """A broker message as the seed's task dict (params unpickled)."""
+    task = dict(msg)
+    task["params"] = payload.loads(msg["params"], what=f"params of task {msg.get('task_id')}")
+    return task
+
+
+class Queue:
+    """Seed-compatible queue + public store client."""
+
+    def __init__(self, caller: Caller, *, max_payload_bytes: int | None = 1 << 20) -> None:
+        self._caller = caller
+        self.max_payload_bytes = max_payload_bytes
+        self._consumer_prefix = (
+            f"client:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        self._counter = itertools.count()
+        self._held: dict[str, str] = {}  # task id -> consumer (for task_done)
+        self._last = threading.local()
+
+    # -- tasks -------------------------------------------------------------------------------
+    def push_task(self, task: dict[str, Any], priority: int | None = None,
+                  delay: float | None = None) -> str:
+        """Queue one task; return its id. Keys: type, params, task_id, priority, delay, eta."""
+        msg = build_message(task, priority=priority, delay=delay,
+                            max_payload_bytes=self.max_payload_bytes)
+        return str(self._caller.call("push", msg))
+
+    def push_tasks(self, tasks: Iterable[dict[str, Any]]) -> list[str]:
+        """Queue many tasks in one round trip, all or none."""
+        msgs = [build_message(t, max_payload_bytes=self.max_payload_bytes) for t in tasks]
+        return list(self._caller.call("push_many", msgs)) if msgs else []
+
+    def pop_task(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Take the next task, waiting up to ``timeout`` s (None: until one comes).
+
+        Call :meth:`task_done` when it is handled; a task never acknowledged goes back to the
+        queue once its timeout (plus a grace) passes, as an attempt that timed out.
+        """
+        consumer = f"{self._consumer_prefix}:{next(self._counter)}"
+        msg = self._caller.call("pop", consumer, timeout)
+        if msg is None:
+            return None
+        self._held[msg["task_id"]] = consumer
+        self._last.task_id = msg["task_id"]
+        return decode_message(msg)
+
+    def task_done(self, task_id: str | None = None, result: Any = None) -> None:
+        """Mark a popped task succeeded (the last one this thread popped, by default)."""
+        self._settle(task_id, ("succeeded", result))
+
+    def task_failed(
+        self, task_id: str | None = None, error: str = "", *, retry: bool = True
+    ) -> None:
+        """Mark a popped task failed: retried per its policy, or dead at once."""
+        outcome = ("failed", {"reason": "error", "error": error}) if retry else (
+            "invalid", {"error": error})
+        self._settle(task_id, outcome)
+
+    def _settle(self, task_id: str | None, outcome: tuple[str, Any]) -> None:
+        task_id = task_id or getattr(self._last, "task_id", None)
+        if task_id is None:
+            return  # the seed's task_done() after nothing was popped: a no-op, as Queue's was
+        consumer = self._held.pop(task_id, None)
+        if consumer is None:
+            raise TaskError(f"task {task_id!r} was not popped by this client")
+        if getattr(self._last, "task_id", None) == task_id:
+            self._last.task_id = None
+        self._caller.call("report", consumer, (task_id, *outcome))
+
+    def get_queue_size(self) -> int:
+        return int(self._caller.call("queue_size"))
+
+    def is_empty(self) -> bool:
+        return self.get_queue_size() == 0
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        """The task's record with params unpickled, or None if the id is unknown."""
+        rec = self._caller.call("get_task", task_id)
+        return None if rec is None else decode_message(rec)
+
+    get_task_state = get_task
+
+    def retry_task(self, task_id: str) -> bool:
+        return bool(self._caller.call("retry_task", task_id))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._caller.call("stats"))
+
+    # -- public store ------------------------------------------------------------------------
+    def set_public(self, key: str, value: Any, ttl: float | None = None) -> None:
+        blob = payload.dumps(value, what=f"value of store key {key!r}",
+                             limit=self.max_payload_bytes)
+        self._caller.call("set_public", key, blob, ttl)
+
+    def get_public(self, key: str, default: Any = None) -> Any:
+        blob = self._caller.call("get_public", key)
+        return default if blob is None else payload.loads(blob, what=f"store key {key!r}")
+
+    def delete_public(self, key: str) -> bool:
+        return bool(self._caller.call("delete_public", key))
+
+    def cleanup(self) -> int:
+        return int(self._caller.call("cleanup"))
+
+    def get_store_size(self) -> int:
+        return int(self._caller.call("get_store_size"))
+
+    def list_keys(self) -> list[str]:
+        return list(self._caller.call("list_keys"))
+
+    def clear_store(self) -> None:
+        self._caller.call("clear_store")
+
+
+class MemoryQueue(Queue):
+    """The seed's in-process queue: no master, no manager; a background sweep if started."""
+
+    def __init__(self, cleanup_interval: float = 60.0, **broker_options: Any) -> None:
+        self.broker = MemoryBroker(**broker_options)
+        super().__init__(LocalCaller(self.broker))
+        self.cleanup_interval = cleanup_interval
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    def start_cleanup(self) -> None:
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
+        self._stop.clear()
+        self._sweeper = threading.Thread(target=self._sweep, name="store-cleanup", daemon=True)
+        self._sweeper.start()
+
+    def stop_cleanup(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(self.cleanup_interval):
+            self.broker.maintain()

@@ -1,0 +1,235 @@
+"""The worker: a forked child that runs one task at a time.
+
+Pre-fork and post-fork work apart: the constructor only stores what it is given; the child does
+all of its process setup in :meth:`Worker.init_process` (process group, death signal, signal
+handlers, random seed, its own broker connection). Each loop turn reports the last task and takes
+the next in one broker call, and stamps a heartbeat in the scoreboard.
+
+Timeouts: the soft timeout is a ``SIGALRM`` that raises :class:`SoftTimeLimitExceeded` inside the
+handler, so it can clean up; the hard timeout is the master's job (it kills our process group),
+because nothing in this process can interrupt C code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from typing import Any, NoReturn
+
+from loguru import logger
+
+from supervisor import compat, logs, osutil, payload
+from supervisor import scoreboard as sb
+from supervisor.broker.base import Report
+from supervisor.broker.client import BrokerClient
+from supervisor.context import TaskContext, _current
+from supervisor.errors import ExitCode, PayloadError, Retry, SoftTimeLimitExceeded
+from supervisor.policy import recycle_after
+from supervisor.queue import Queue
+from supervisor.registry import TaskOptions, TaskRegistry
+
+POLL_S = 1.0  # longest wait in the broker: bounds heartbeat gaps and shutdown reaction
+_RESET_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+                  signal.SIGQUIT, signal.SIGPIPE)
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        slot: int,
+        registry: TaskRegistry,
+        options: dict[str, TaskOptions],
+        scoreboard: sb.Scoreboard,
+        address: Any,
+        authkey: bytes,
+        master_pid: int,
+        max_tasks: int = 0,
+        max_tasks_jitter: int = 0,
+        max_memory_bytes: int = 0,
+        max_payload_bytes: int | None = None,
+        close_fds: tuple[int, ...] = (),
+    ) -> None:
+        self.slot = slot
+        self.registry = registry
+        self.options = options
+        self.scoreboard = scoreboard
+        self.address = address
+        self.authkey = authkey
+        self.master_pid = master_pid
+        self.max_tasks_conf = (max_tasks, max_tasks_jitter)
+        self.max_memory_bytes = max_memory_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self.close_fds = close_fds
+        self.stop = False
+        self.tasks_done = 0
+        self._in_handler = False
+        self._soft_s: float | None = None
+
+    # -- child setup -------------------------------------------------------------------------
+    def init_process(self) -> None:
+        self.pid = os.getpid()
+        os.setpgid(0, 0)  # the master kills our whole group on a hard timeout
+        osutil.die_with_parent()
+        signal.set_wakeup_fd(-1)
+        for fd in self.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for sig in _RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C belongs to the master
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGUSR2, self._on_usr2)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        random.seed()
+        self.max_tasks = recycle_after(*self.max_tasks_conf)
+        self.log = logger.bind(component="worker", worker=self.slot, pid=self.pid)
+        self.consumer = f"worker:{self.slot}:{self.pid}"
+        self.client = BrokerClient(self.address, self.authkey)
+        self.client.call("ping")
+        compat.set_default_queue(Queue(self.client, max_payload_bytes=self.max_payload_bytes))
+        for hook in self.registry.on_worker_start:
+            hook(self.slot)
+        if self.max_memory_bytes:
+            import psutil
+
+            self._proc = psutil.Process()
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stop = True  # finish the current task, then go
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        if self._in_handler:
+            raise SoftTimeLimitExceeded(f"soft timeout of {self._soft_s:g} s exceeded")
+
+    def _on_usr2(self, signum: int, frame: Any) -> None:
+        stack = "".join(traceback.format_stack(frame))
+        logs.emit_raw("INFO", f"stack of worker {self.slot} (pid {self.pid}):\n{stack}",
+                      component="worker", worker=self.slot, pid=self.pid)
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> NoReturn:
+        """Child entry point: never returns."""
+        try:
+            self.init_process()
+        except BaseException as exc:
+            logger.bind(component="worker", worker=self.slot).opt(exception=exc).critical(
+                "worker failed to boot: {}", exc)
+            os._exit(ExitCode.WORKER_BOOT)
+        self.scoreboard.heartbeat(self.slot, time.monotonic(), sb.IDLE)
+        self.log.debug("worker ready")
+        code = 0
+        try:
+            reason = self.loop()
+            self.scoreboard.exiting(self.slot, reason)
+            self.log.info("worker exiting ({})", sb.EXIT_REASONS[reason] or "stop")
+        except BaseException as exc:
+            self.log.opt(exception=exc).error("worker loop failed: {}", exc)
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    def loop(self) -> int:
+        report: Report | None = None
+        while True:
+            if os.getppid() != self.master_pid:
+                reason = sb.EXIT_PARENT_GONE
+                break
+            if self.stop:
+                reason = sb.EXIT_SHUTDOWN
+                break
+            self.scoreboard.heartbeat(self.slot, time.monotonic())
+            # A BrokerError here propagates: the worker exits non-zero, and the master retries
+            # the task it could not report (or stops, if the broker itself is gone).
+            msg = self.client.call("exchange", self.consumer, report, POLL_S)
+            report = None
+            if msg is None:
+                continue
+            report = self.execute(msg)
+            self.tasks_done += 1
+            self.scoreboard.end_task(self.slot, time.monotonic(), self.tasks_done)
+            recycle = self.recycle_reason()
+            if recycle:
+                reason = recycle
+                break
+        if report is not None:
+            self.client.call("report", self.consumer, report)
+        return reason
+
+    def recycle_reason(self) -> int:
+        if self.max_tasks and self.tasks_done >= self.max_tasks:
+            return sb.EXIT_RECYCLE_TASKS
+        if self.scoreboard.read(self.slot).recycle_request:
+            return sb.EXIT_RECYCLE_MEMORY
+        if self.max_memory_bytes and self._proc.memory_info().rss > self.max_memory_bytes:
+            return sb.EXIT_RECYCLE_MEMORY
+        return sb.NO_REASON
+
+    # -- one task ----------------------------------------------------------------------------
+    def execute(self, msg: dict[str, Any]) -> Report:
+        task_id, task_type = msg["task_id"], msg["type"]
+        log = self.log.bind(task_id=task_id, type=task_type)
+        opts = self.options.get(task_type)
+        handler = self.registry.handler(task_type)
+        now = time.monotonic()
+        timeout = (opts.timeout_s if opts else None) or 300.0
+        self.scoreboard.begin_task(self.slot, task_id, task_type, now, now + timeout)
+        if handler is None or opts is None:
+            known = ", ".join(self.registry.names()) or "(none)"
+            error = f"task type {task_type!r} is not registered; known: {known}"
+            log.error("task invalid: {}", error)
+            return (task_id, "invalid", {"error": error})
+        try:
+            params = payload.loads(msg["params"], what=f"params of task {task_id}")
+        except PayloadError as exc:
+            log.error("task invalid: {}", exc)
+            return (task_id, "invalid", {"error": str(exc)})
+        log.debug("task started (attempt {})", msg["attempt"])
+        token = _current.set(TaskContext(task_id, task_type, msg["attempt"], msg["priority"],
+                                         msg.get("scheduled_at"), self.slot))
+        self._soft_s = opts.soft_timeout_s
+        try:
+            self._in_handler = True
+            try:
+                if self._soft_s:
+                    signal.setitimer(signal.ITIMER_REAL, self._soft_s)
+                result = handler(params)
+            finally:
+                self._in_handler = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except Retry as exc:
+            log.info("task asked for a retry: {}", exc)
+            return (task_id, "retry", {"error": str(exc), "delay": exc.delay})
+        except SoftTimeLimitExceeded as exc:
+            log.warning("task timed out: {}", exc)
+            return (task_id, "failed", {"reason": "timeout", "error": str(exc),
+                                        "traceback": traceback.format_exc()})
+        except BaseException as exc:
+            log.warning("task failed: {}: {}", type(exc).__name__, exc)
+            return (task_id, "failed", {"reason": "error", "error": f"{type(exc).__name__}: {exc}",
+                                        "traceback": traceback.format_exc()})
+        finally:
+            _current.reset(token)
+        log.debug("task succeeded in {:.3f} s", time.monotonic() - now)
+        return (task_id, "succeeded", _jsonable(result, log))
+
+
+def _jsonable(result: Any, log: Any) -> Any:
+    if result is None or isinstance(result, str | int | float | bool):
+        return result
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError):
+        log.warning("result of type {} is not JSON-serializable; not kept", type(result).__name__)
+        return None
+    return result
