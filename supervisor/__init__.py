@@ -23,6 +23,7 @@ from supervisor.config import Settings, load_settings
 from supervisor.context import TaskContext, current_task
 from supervisor.errors import (
     ExitCode,
+    Reject,
     Retry,
     SoftTimeLimitExceeded,
     SupervisorError,
@@ -36,6 +37,7 @@ __all__ = [
     "ExitCode",
     "MemoryQueue",
     "Queue",
+    "Reject",
     "Retry",
     "Settings",
     "SoftTimeLimitExceeded",

@@ -23,9 +23,14 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings (also SUPERVISOR_<NAME> env and the config file)")
     for f in FIELDS:
         # Parsed as text: the config layer converts it and names the field in its error.
-        g.add_argument(f.flag, dest=f.name, default=None,
-                       metavar=f.name.upper(), help=f.help + ("" if f.default is None or callable(
-                           f.default) else f" (default: {f.default})"))
+        g.add_argument(
+            f.flag,
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f.help
+            + ("" if f.default is None or callable(f.default) else f" (default: {f.default})"),
+        )
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
@@ -36,8 +41,10 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supervisor", description="A multiprocess worker "
-                                     "supervisor: queue, store, scheduler and forked workers.")
+    parser = argparse.ArgumentParser(
+        prog="supervisor",
+        description="A multiprocess worker supervisor: queue, store, scheduler and forked workers.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -135,8 +142,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--params: not valid JSON ({exc.msg} at column {exc.colno}): "
-                         f"{args.params!r}") from None
+        raise UsageError(
+            f"--params: not valid JSON ({exc.msg} at column {exc.colno}): {args.params!r}"
+        ) from None
     if not isinstance(params, dict):
         raise UsageError(f"--params: expected a JSON object, got {type(params).__name__}")
     priority = _number(args.priority, "--priority", integer=True)
@@ -161,16 +169,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
         return 0
     master, stats = status.get("master") or {}, status["stats"]
-    print(f"master pid {master.get('pid', '?')}  state {master.get('state', '?')}  "
-          f"workers {len(master.get('workers', []))}/{master.get('desired_workers', '?')}")
-    print(f"queue: {stats['queued']} ready, {stats['scheduled']} scheduled, "
-          f"{stats['retrying']} retrying, {stats['running']} running; "
-          f"store: {stats['store_keys']} keys")
+    print(
+        f"master pid {master.get('pid', '?')}  state {master.get('state', '?')}  "
+        f"workers {len(master.get('workers', []))}/{master.get('desired_workers', '?')}"
+    )
+    print(
+        f"queue: {stats['queued']} ready, {stats['scheduled']} scheduled, "
+        f"{stats['retrying']} retrying, {stats['running']} running; "
+        f"store: {stats['store_keys']} keys"
+    )
     print(f"{'SLOT':>4}  {'PID':>7}  {'STATE':<9} {'TASKS':>6}  {'FOR':>8}  TASK")
     for w in master.get("workers", []):
         task = f"{w['task_id']} ({w['task_type']})" if w.get("task_id") else "-"
-        print(f"{w['slot']:>4}  {w['pid']:>7}  {w['state']:<9} {w['tasks_done']:>6}  "
-              f"{_fmt_age(w.get('running_s')):>8}  {task}")
+        print(
+            f"{w['slot']:>4}  {w['pid']:>7}  {w['state']:<9} {w['tasks_done']:>6}  "
+            f"{_fmt_age(w.get('running_s')):>8}  {task}"
+        )
     return 0
 
 
@@ -178,11 +192,11 @@ def cmd_store(args: argparse.Namespace) -> int:
     q = _connect(args)
     action = args.store_command
     if action == "get":
-        value = q.get_public(args.key)
-        if value is None:
+        found = q.get_public(args.key)
+        if found is None:
             print(f"key {args.key!r} is not set (or expired)", file=sys.stderr)
             return 1
-        print(json.dumps(value, default=repr, ensure_ascii=False))
+        print(json.dumps(found, default=repr, ensure_ascii=False))
     elif action == "set":
         value: Any = args.value
         if args.json:
@@ -217,8 +231,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "push": cmd_push, "status": cmd_status, "store": cmd_store,
-            "tasks": cmd_tasks}
+COMMANDS = {
+    "run": cmd_run,
+    "push": cmd_push,
+    "status": cmd_status,
+    "store": cmd_store,
+    "tasks": cmd_tasks,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,4 +256,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -83,7 +83,7 @@ FIELDS: tuple[Field, ...] = (
           minimum=0),
     Field("heartbeat_timeout", float, 30.0, "an idle worker silent this long is hung (s)",
           minimum=0.5),
-    Field("crash_limit", int, 30, "crashes within crash_window that stop the master (0: off)",
+    Field("crash_limit", int, 30, "more crashes than this within crash_window stop the master (0: off)",
           minimum=0),
     Field("crash_window", float, 60.0, "window of the crash-loop breaker (s)", minimum=0.1),
     Field("restart_backoff_cap", float, 10.0, "largest per-slot respawn delay (s)", minimum=0),
@@ -165,6 +165,8 @@ def _convert(f: Field, raw: Any, source: str) -> Any:
         else:
             if not isinstance(raw, str):
                 raise ValueError
+            if not raw.strip():  # an empty run_dir would quietly mean the working directory
+                raise ConfigError(f"{f.name}: a value is required, got {shown} (from {source})")
             value = raw
     except (TypeError, ValueError):
         expected = {int: "an integer", float: "a number", str: "a string"}[f.kind]

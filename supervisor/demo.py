@@ -60,16 +60,17 @@ def produce(params: dict[str, Any]) -> int:
 
     q = get_queue()
     batch = int(params.get("batch", 10))
-    tasks: list[dict[str, Any]] = [{"type": "cpu", "params": {"n": 200_000}}
-                                   for _ in range(batch)]
+    tasks: list[dict[str, Any]] = [{"type": "cpu", "params": {"n": 200_000}} for _ in range(batch)]
     tasks += [{"type": "flaky", "params": {"p": 0.5}, "priority": 6} for _ in range(batch // 2)]
     if random.random() < 0.2:
         tasks.append({"type": "stuck", "params": {}, "priority": 2})
     q.push_tasks(tasks)
     rounds = int(params.get("rounds", 0))  # 0: forever
     if rounds != 1:
-        q.push_task({"type": "produce", "params": {**params, "rounds": max(0, rounds - 1)}},
-                    delay=float(params.get("every", 2.0)))
+        q.push_task(
+            {"type": "produce", "params": {**params, "rounds": max(0, rounds - 1)}},
+            delay=float(params.get("every", 2.0)),
+        )
     return len(tasks)
 
 

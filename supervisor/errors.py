@@ -71,5 +71,9 @@ class Retry(Exception):
         return (_rebuild_retry, (str(self), self.delay))
 
 
+class Reject(Exception):  # noqa: N818 - reads as ``raise Reject("bad params")``
+    """Raised by a handler whose input is invalid: the task goes dead at once, no retry."""
+
+
 def _rebuild_retry(message: str, delay: float | None) -> Retry:
     return Retry(message, delay=delay)

@@ -29,12 +29,18 @@ def _resolve_format(fmt: str, stream: TextIO) -> str:
     return fmt
 
 
-def _json_line(level: str, message: str, when: dt.datetime, extra: dict[str, Any],
-               exception: str | None = None) -> str:
-    doc: dict[str, Any] = {"time": when.isoformat(timespec="milliseconds"), "level": level,
-                           "message": message}
+def _json_line(
+    level: str, message: str, when: dt.datetime, extra: dict[str, Any], exception: str | None = None
+) -> str:
+    doc: dict[str, Any] = {
+        "time": when.isoformat(timespec="milliseconds"),
+        "level": level,
+        "message": message,
+    }
     for key, value in extra.items():
-        doc[key] = value if isinstance(value, str | int | float | bool) or value is None else str(value)
+        doc[key] = (
+            value if isinstance(value, str | int | float | bool) or value is None else str(value)
+        )
     if exception:
         doc["exception"] = exception
     return json.dumps(doc, ensure_ascii=False, default=str) + "\n"
@@ -44,8 +50,12 @@ def _text_line(level: str, message: str, when: dt.datetime, extra: dict[str, Any
     fields = " ".join(f"{k}={extra[k]}" for k in _FIELDS if k in extra and extra[k] is not None)
     others = " ".join(f"{k}={v}" for k, v in extra.items() if k not in _FIELDS)
     tail = " ".join(x for x in (fields, others) if x)
-    return f"{when:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f" | {level:<8} | {message}" + (
-        f" | {tail}" if tail else "") + "\n"
+    return (
+        f"{when:%Y-%m-%d %H:%M:%S.%f}"[:-3]
+        + f" | {level:<8} | {message}"
+        + (f" | {tail}" if tail else "")
+        + "\n"
+    )
 
 
 def _make_sink(fmt: str, stream: TextIO) -> Any:
@@ -58,25 +68,29 @@ def _make_sink(fmt: str, stream: TextIO) -> Any:
 
             exc_text = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
         if fmt == "json":
-            line = _json_line(record["level"].name, record["message"], record["time"],
-                              record["extra"], exc_text)
+            line = _json_line(
+                record["level"].name, record["message"], record["time"], record["extra"], exc_text
+            )
         else:
-            line = _text_line(record["level"].name, record["message"], record["time"],
-                              record["extra"]) + (exc_text or "")
+            line = _text_line(
+                record["level"].name, record["message"], record["time"], record["extra"]
+            ) + (exc_text or "")
         stream.write(line)
         stream.flush()
 
     return sink
 
 
-def setup_logging(fmt: str = "auto", level: str = "INFO", file: str | None = None,
-                  stream: TextIO | None = None) -> None:
+def setup_logging(
+    fmt: str = "auto", level: str = "INFO", file: str | None = None, stream: TextIO | None = None
+) -> None:
     """Replace loguru's handlers with ours (no enqueue thread: the master forks)."""
     stream = stream or sys.stderr
     resolved = _resolve_format(fmt, stream)
     logger.remove()
-    logger.add(_make_sink(resolved, stream), level=level, enqueue=False, backtrace=False,
-               diagnose=False)
+    logger.add(
+        _make_sink(resolved, stream), level=level, enqueue=False, backtrace=False, diagnose=False
+    )
     _state.update(format=resolved, level=level, file=file, file_id=None)
     if file:
         _open_file()
@@ -84,8 +98,9 @@ def setup_logging(fmt: str = "auto", level: str = "INFO", file: str | None = Non
 
 def _open_file() -> None:
     fh = open(_state["file"], "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - a sink
-    _state["file_id"] = logger.add(_make_sink(_state["format"], fh), level=_state["level"],
-                                   enqueue=False, diagnose=False)
+    _state["file_id"] = logger.add(
+        _make_sink(_state["format"], fh), level=_state["level"], enqueue=False, diagnose=False
+    )
     _state["file_handle"] = fh
 
 

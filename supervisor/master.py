@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 from loguru import logger
 
-from supervisor import logs, osutil
+from supervisor import compat, logs, osutil
 from supervisor import scoreboard as sb
 from supervisor.broker.base import REASON_SHUTDOWN, REASON_TIMEOUT, REASON_WORKER_LOST
 from supervisor.broker.client import BrokerClient, format_address
@@ -118,29 +118,43 @@ class Master:
         self.scoreboard = sb.Scoreboard(max(256, self.desired * 4))
         self.signals = SignalQueue()
         self.signals.install()
-        default = TaskOptions(timeout_s=s.default_timeout, soft_timeout_s=s.default_soft_timeout,
-                              max_retries=s.max_retries, backoff_base_s=s.backoff_base,
-                              backoff_cap_s=s.backoff_cap)
+        default = TaskOptions(
+            timeout_s=s.default_timeout,
+            soft_timeout_s=s.default_soft_timeout,
+            max_retries=s.max_retries,
+            backoff_base_s=s.backoff_base,
+            backoff_cap_s=s.backoff_cap,
+        )
         with self.signals.blocked():
             self.broker_pid, address = start_broker_process(
                 address=self.run_files.address,
                 authkey=self.run_files.authkey,
                 make_broker=lambda: MemoryBroker(
-                    task_types=self.options, default_options=default,
-                    max_payload_bytes=s.max_payload_bytes, finished_records=s.finished_records),
+                    task_types=self.options,
+                    default_options=default,
+                    max_payload_bytes=s.max_payload_bytes,
+                    finished_records=s.finished_records,
+                ),
             )
         self.run_files.publish(address)
         self.client = BrokerClient(self.run_files.address, self.run_files.authkey, timeout_s=10.0)
         self.queue = Queue(self.client, max_payload_bytes=s.max_payload_bytes)
-        self.log.info("master started: pid {}, broker pid {} at {}, {} worker(s), task types: {}",
-                      os.getpid(), self.broker_pid, format_address(self.run_files.address),
-                      self.desired, ", ".join(self.registry.names()) or "(none)")
+        compat.set_default_queue(self.queue)  # the seed's get_queue() works in the master too
+        self.log.info(
+            "master started: pid {}, broker pid {} at {}, {} worker(s), task types: {}",
+            os.getpid(),
+            self.broker_pid,
+            format_address(self.run_files.address),
+            self.desired,
+            ", ".join(self.registry.names()) or "(none)",
+        )
         for hook in self.registry.on_start:
             try:
                 hook(self.queue)
             except Exception as exc:
-                self.log.opt(exception=exc).error("on_master_start hook {} failed: {}",
-                                                  getattr(hook, "__name__", hook), exc)
+                self.log.opt(exception=exc).error(
+                    "on_master_start hook {} failed: {}", getattr(hook, "__name__", hook), exc
+                )
         self.manage_workers(self.clock())
 
     # -- the loop ----------------------------------------------------------------------------
@@ -156,7 +170,9 @@ class Master:
             while self.state != STOPPED:
                 self.sleep()
                 now = self.clock()
-                self.stats.loop_lag_s = max(0.0, now - self.last_tick - TICK_S) if self.last_tick else 0.0
+                self.stats.loop_lag_s = (
+                    max(0.0, now - self.last_tick - TICK_S) if self.last_tick else 0.0
+                )
                 self.last_tick = now
                 self.handle_signals(now)
                 self.reap_workers(now)
@@ -193,8 +209,9 @@ class Master:
             name = signal.Signals(signum).name
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self.state == RUNNING:
-                    self.log.info("{}: graceful shutdown (up to {:g} s)", name,
-                                  self.settings.graceful_timeout)
+                    self.log.info(
+                        "{}: graceful shutdown (up to {:g} s)", name, self.settings.graceful_timeout
+                    )
                     self.begin_drain(now)
                 elif self.state == DRAINING:
                     self.log.warning("{} again: fast shutdown", name)
@@ -237,24 +254,36 @@ class Master:
         self.options = resolve_options(self.registry, new)
         logs.setup_logging(new.log_format, new.log_level, new.log_file)
         try:
-            self.client.call("configure", self.options, max_payload_bytes=new.max_payload_bytes,
-                             finished_records=new.finished_records)
+            self.client.call(
+                "configure",
+                self.options,
+                max_payload_bytes=new.max_payload_bytes,
+                finished_records=new.finished_records,
+            )
         except BrokerError as exc:
             self.log.error("SIGHUP: broker not reconfigured: {}", exc)
         self.replace_pids = {pid for pid, w in self.workers.items() if not w.retiring}
-        self.log.info("SIGHUP: configuration reloaded; replacing {} worker(s) one by one",
-                      len(self.replace_pids))
+        self.log.info(
+            "SIGHUP: configuration reloaded; replacing {} worker(s) one by one",
+            len(self.replace_pids),
+        )
 
     # -- children ----------------------------------------------------------------------------
     def spawn_worker(self, slot: int, now: float) -> int:
         s = self.settings
         worker = Worker(
-            slot=slot, registry=self.registry, options=self.options, scoreboard=self.scoreboard,
-            address=self.run_files.address, authkey=self.run_files.authkey,
-            master_pid=os.getpid(), max_tasks=s.max_tasks_per_child,
+            slot=slot,
+            registry=self.registry,
+            options=self.options,
+            scoreboard=self.scoreboard,
+            address=self.run_files.address,
+            authkey=self.run_files.authkey,
+            master_pid=os.getpid(),
+            max_tasks=s.max_tasks_per_child,
             max_tasks_jitter=s.max_tasks_per_child_jitter,
             max_memory_bytes=s.max_memory_per_child * 1024 * 1024,
-            max_payload_bytes=s.max_payload_bytes, close_fds=self.signals.fds(),
+            max_payload_bytes=s.max_payload_bytes,
+            close_fds=self.signals.fds(),
         )
         self.scoreboard.reset(slot, 0, now)
         with self.signals.blocked():
@@ -310,16 +339,21 @@ class Master:
             self.surge_pid = None
         how = osutil.describe_status(status)
         log = self.log.bind(worker=w.slot, pid=w.pid)
-        slot = self.slots.setdefault(w.slot, SlotState(SlotBackoff(cap_s=self.settings.restart_backoff_cap)))
+        slot = self.slots.setdefault(
+            w.slot, SlotState(SlotBackoff(cap_s=self.settings.restart_backoff_cap))
+        )
         if view.tasks_done > 0 or now - w.started_at >= HEALTHY_AFTER_S:
             slot.backoff.healthy()
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if w.kill_reason is not None:
             reason = w.kill_reason
             broker_reason = {"timeout": REASON_TIMEOUT, "shutdown": REASON_SHUTDOWN}.get(
-                reason, REASON_WORKER_LOST)
-            error = {"timeout": f"hard timeout exceeded; worker killed ({how})",
-                     "hung": f"worker hung; killed ({how})"}.get(reason, f"worker killed ({how})")
+                reason, REASON_WORKER_LOST
+            )
+            error = {
+                "timeout": f"hard timeout exceeded; worker killed ({how})",
+                "hung": f"worker hung; killed ({how})",
+            }.get(reason, f"worker killed ({how})")
             log.warning("worker {} killed: {}", w.pid, reason) if reason != "shutdown" else None
         elif clean:
             reason = sb.EXIT_REASONS.get(view.exit_reason) or "exit"
@@ -334,30 +368,46 @@ class Master:
             broker_reason, error = REASON_WORKER_LOST, f"worker lost ({how})"
             delay = slot.backoff.crashed()
             slot.spawn_after = now + delay
-            log.error("worker {} died ({}) while {}{}; respawning in {:.2f} s", w.pid, how,
-                      view.state_name, f" running task {view.task_id}" if view.task_id else "",
-                      delay)
+            log.error(
+                "worker {} died ({}) while {}{}; respawning in {:.2f} s",
+                w.pid,
+                how,
+                view.state_name,
+                f" running task {view.task_id}" if view.task_id else "",
+                delay,
+            )
             if self.breaker.record(now) and self.state == RUNNING:
-                log.critical("{} worker crashes within {:g} s: crash-loop breaker tripped; "
-                             "stopping", self.breaker.recent, self.breaker.window_s)
+                log.critical(
+                    "{} worker crashes within {:g} s: crash-loop breaker tripped; stopping",
+                    self.breaker.recent,
+                    self.breaker.window_s,
+                )
                 self.halt(ExitCode.CRASH_LOOP)
         self.stats.restarts[reason] += 1
         try:
-            task_id = self.client.call("release_consumer", w.consumer, broker_reason,
-                                       error=error, exit_status=osutil.exit_code_of(status))
+            task_id = self.client.call(
+                "release_consumer",
+                w.consumer,
+                broker_reason,
+                error=error,
+                exit_status=osutil.exit_code_of(status),
+            )
         except BrokerError as exc:
             log.error("could not release the task of worker {}: {}", w.pid, exc)
             return
         if task_id:
-            log.bind(task_id=task_id).warning("task released from worker {}: {}", w.pid,
-                                              broker_reason)
+            log.bind(task_id=task_id).warning(
+                "task released from worker {}: {}", w.pid, broker_reason
+            )
 
     def on_broker_exit(self, status: int) -> None:
         self.broker_pid = 0
         if self.state == STOPPED:
             return
-        self.log.critical("the broker process died ({}); its queue is gone; stopping",
-                          osutil.describe_status(status))
+        self.log.critical(
+            "the broker process died ({}); its queue is gone; stopping",
+            osutil.describe_status(status),
+        )
         self.exit_code = ExitCode.BROKER_LOST
         self.kill_all(REASON_SHUTDOWN)
         self.state = STOPPING
@@ -376,12 +426,17 @@ class Master:
             if view.state == sb.BUSY and 0 < view.deadline <= now:
                 self.log.bind(worker=w.slot, pid=w.pid, task_id=view.task_id).warning(
                     "task {} of type {} passed its hard timeout; killing worker {} and its group",
-                    view.task_id, view.task_type, w.pid)
+                    view.task_id,
+                    view.task_type,
+                    w.pid,
+                )
                 self.kill_worker(w, "timeout")
 
     def check_liveness(self, now: float) -> None:
         limit = self.settings.heartbeat_timeout
-        check_memory = bool(self.settings.max_memory_per_child) and now - self._last_memory_check >= 1.0
+        check_memory = (
+            bool(self.settings.max_memory_per_child) and now - self._last_memory_check >= 1.0
+        )
         if check_memory:
             self._last_memory_check = now
         for w in list(self.workers.values()):
@@ -390,8 +445,11 @@ class Master:
             view = self.scoreboard.read(w.slot)
             if view.state in (sb.IDLE, sb.BOOTING) and now - view.heartbeat > limit:
                 self.log.bind(worker=w.slot, pid=w.pid).error(
-                    "worker {} silent for {:.1f} s while {}: hung; killing it", w.pid,
-                    now - view.heartbeat, view.state_name)
+                    "worker {} silent for {:.1f} s while {}: hung; killing it",
+                    w.pid,
+                    now - view.heartbeat,
+                    view.state_name,
+                )
                 self.kill_worker(w, "hung")
             elif check_memory and view.state == sb.BUSY and not view.recycle_request:
                 try:
@@ -400,7 +458,8 @@ class Master:
                     continue
                 if rss > self.settings.max_memory_per_child * 1024 * 1024:
                     self.log.bind(worker=w.slot, pid=w.pid).info(
-                        "worker {} uses {} MiB: recycled after its task", w.pid, rss >> 20)
+                        "worker {} uses {} MiB: recycled after its task", w.pid, rss >> 20
+                    )
                     self.scoreboard.request_recycle(w.slot)
 
     def manage_workers(self, now: float) -> None:
@@ -415,12 +474,15 @@ class Master:
             for slot in free:
                 if len(active) >= wanted:
                     break
-                st = self.slots.setdefault(slot, SlotState(SlotBackoff(cap_s=self.settings.restart_backoff_cap)))
+                st = self.slots.setdefault(
+                    slot, SlotState(SlotBackoff(cap_s=self.settings.restart_backoff_cap))
+                )
                 if st.spawn_after > now:
                     continue
                 pid = self.spawn_worker(slot, now)
                 active.append(self.workers[pid])
         elif len(active) > wanted:
+
             def idle_first(w: WorkerHandle) -> tuple[bool, int]:
                 return (self.scoreboard.read(w.slot).state == sb.BUSY, -w.slot)
 
@@ -469,8 +531,10 @@ class Master:
     def advance_shutdown(self, now: float) -> None:
         if self.state == DRAINING and self.workers and now >= self.drain_deadline:
             busy = len(self.workers)
-            self.log.warning("graceful timeout passed; killing {} worker(s), their tasks go back "
-                             "to the queue", busy)
+            self.log.warning(
+                "graceful timeout passed; killing {} worker(s), their tasks go back to the queue",
+                busy,
+            )
             self.state = STOPPING
             self.kill_all(REASON_SHUTDOWN)
         if self.state in (DRAINING, STOPPING) and not self.workers:
@@ -504,15 +568,26 @@ class Master:
         workers = []
         for w in sorted(self.workers.values(), key=lambda w: w.slot):
             v = self.scoreboard.read(w.slot)
-            workers.append({
-                "slot": w.slot, "pid": w.pid, "state": "retiring" if w.retiring and v.state != sb.BUSY else v.state_name,
-                "task_id": v.task_id or None, "task_type": v.task_type or None,
-                "running_s": round(now - v.task_started, 3) if v.state == sb.BUSY else None,
-                "tasks_done": v.tasks_done, "uptime_s": round(now - w.started_at, 3),
-            })
-        return {"pid": os.getpid(), "state": self.state, "desired_workers": self.desired,
-                "workers": workers, "restarts": dict(self.stats.restarts),
-                "loop_lag_s": round(self.stats.loop_lag_s, 4)}
+            workers.append(
+                {
+                    "slot": w.slot,
+                    "pid": w.pid,
+                    "state": "retiring" if w.retiring and v.state != sb.BUSY else v.state_name,
+                    "task_id": v.task_id or None,
+                    "task_type": v.task_type or None,
+                    "running_s": round(now - v.task_started, 3) if v.state == sb.BUSY else None,
+                    "tasks_done": v.tasks_done,
+                    "uptime_s": round(now - w.started_at, 3),
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "desired_workers": self.desired,
+            "workers": workers,
+            "restarts": dict(self.stats.restarts),
+            "loop_lag_s": round(self.stats.loop_lag_s, 4),
+        }
 
     def cleanup(self) -> None:
         if getattr(self, "broker_pid", 0):
@@ -520,8 +595,10 @@ class Master:
                 stats = self.client.call("stats")
                 left = stats["queued"] + stats["scheduled"] + stats["retrying"]
                 if left:
-                    self.log.warning("{} task(s) still queued or delayed are dropped with the "
-                                     "in-memory broker", left)
+                    self.log.warning(
+                        "{} task(s) still queued or delayed are dropped with the in-memory broker",
+                        left,
+                    )
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.broker_pid, signal.SIGTERM)
             deadline = self.clock() + 5.0

@@ -37,14 +37,20 @@ class TaskOptions:
     def validate(self, name: str) -> None:
         for fld in ("timeout_s", "soft_timeout_s", "backoff_base_s", "backoff_cap_s"):
             value = getattr(self, fld)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise TaskError(f"task type {name!r}: {fld} must be a positive number, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not value > 0):  # "not > 0" also refuses NaN
+                raise TaskError(
+                    f"task type {name!r}: {fld} must be a positive number, got {value!r}")
         if self.max_retries is not None and (
-            not isinstance(self.max_retries, int) or self.max_retries < 0
+            isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
         ):
             raise TaskError(f"task type {name!r}: max_retries must be an integer >= 0, "
                             f"got {self.max_retries!r}")
         check_priority(self.priority, what=f"task type {name!r}: priority")
+        if not isinstance(self.queue, str) or not self.queue:
+            raise TaskError(f"task type {name!r}: queue must be a non-empty string, "
+                            f"got {self.queue!r}")
 
     def resolved(
         self,
@@ -57,12 +63,16 @@ class TaskOptions:
     ) -> TaskOptions:
         return dataclasses.replace(
             self,
-            timeout_s=self.timeout_s if self.timeout_s is not None else timeout_s,
-            soft_timeout_s=self.soft_timeout_s if self.soft_timeout_s is not None else soft_timeout_s,
-            max_retries=self.max_retries if self.max_retries is not None else max_retries,
-            backoff_base_s=self.backoff_base_s if self.backoff_base_s is not None else backoff_base_s,
-            backoff_cap_s=self.backoff_cap_s if self.backoff_cap_s is not None else backoff_cap_s,
+            timeout_s=_unset_to(self.timeout_s, timeout_s),
+            soft_timeout_s=_unset_to(self.soft_timeout_s, soft_timeout_s),
+            max_retries=_unset_to(self.max_retries, max_retries),
+            backoff_base_s=_unset_to(self.backoff_base_s, backoff_base_s),
+            backoff_cap_s=_unset_to(self.backoff_cap_s, backoff_cap_s),
         )
+
+
+def _unset_to(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def check_priority(value: Any, *, what: str = "priority") -> int:
@@ -93,22 +103,28 @@ class TaskRegistry:
             raise TaskError(f"task type name must be a non-empty string, got {name!r}")
         if not callable(handler):
             raise TaskError(f"handler of task type {name!r} is not callable: {handler!r}")
-        try:
-            opts = TaskOptions(**options)
-        except TypeError:
-            known = ", ".join(f.name for f in dataclasses.fields(TaskOptions))
-            raise TaskError(f"task type {name!r}: unknown option(s) {sorted(options)}; "
-                            f"known: {known}") from None
+        known = [f.name for f in dataclasses.fields(TaskOptions)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TaskError(f"task type {name!r}: unknown option(s) {unknown}; "
+                            f"known: {', '.join(known)}")
+        opts = TaskOptions(**options)
         opts.validate(name)
         self._handlers[name] = handler
         self._options[name] = opts
         return handler
 
-    def task(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
-        """Decorator form of :meth:`register`; the name defaults to the function's name."""
+    def task(self, name: str | F | None = None, **options: Any) -> Any:
+        """Decorator form of :meth:`register`; the name defaults to the function's name.
+
+        ``@app.task("name", **options)``, ``@app.task()`` and a bare ``@app.task`` all work.
+        """
+        if callable(name) and not options:  # bare @app.task: we were handed the function
+            self.register(name.__name__, name)
+            return name
 
         def decorate(fn: F) -> F:
-            self.register(name or fn.__name__, fn, **options)
+            self.register(name or fn.__name__, fn, **options)  # type: ignore[arg-type]
             return fn
 
         return decorate

@@ -42,8 +42,10 @@ class RunFiles:
             raise ConfigError(f"run_dir: cannot create {path}: {exc.strerror}") from None
         other = running_master(path)
         if other is not None:
-            raise ConfigError(f"a master is already running with pid {other} at {path}; stop it "
-                              "or give another --run-dir")
+            raise ConfigError(
+                f"a master is already running with pid {other} at {path}; stop it "
+                "or give another --run-dir"
+            )
         addr = parse_address(address) if address else str(path / SOCKET_FILE)
         if isinstance(addr, str):
             with contextlib.suppress(FileNotFoundError):

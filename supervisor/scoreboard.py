@@ -58,11 +58,17 @@ class Scoreboard:
         self._size = _FMT.size
         self._mm = mmap.mmap(-1, self._size * slots, flags=mmap.MAP_SHARED)
 
+    def _offset(self, slot: int) -> int:
+        # a negative slot would index from the end of the mapping: another worker's record
+        if not 0 <= slot < self.slots:
+            raise IndexError(f"scoreboard slot {slot} out of range 0..{self.slots - 1}")
+        return slot * self._size
+
     def _write(self, slot: int, values: tuple[object, ...]) -> None:
-        _FMT.pack_into(self._mm, slot * self._size, *values)
+        _FMT.pack_into(self._mm, self._offset(slot), *values)
 
     def read(self, slot: int) -> SlotView:
-        v = _FMT.unpack_from(self._mm, slot * self._size)
+        v = _FMT.unpack_from(self._mm, self._offset(slot))
         return SlotView(slot, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
                         v[8].rstrip(b"\0").decode(errors="replace"),
                         v[9].rstrip(b"\0").decode(errors="replace"))
@@ -76,7 +82,7 @@ class Scoreboard:
     def _update(self, slot: int, **changes: object) -> None:
         # Field by field, never the whole record: the master writes recycle_request while the
         # worker writes the rest, and neither may undo the other's write.
-        base = slot * self._size
+        base = self._offset(slot)
         for name, value in changes.items():
             offset, fmt = _FIELDS[name]
             struct.pack_into(fmt, self._mm, base + offset, value)

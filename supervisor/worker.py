@@ -28,14 +28,21 @@ from supervisor import scoreboard as sb
 from supervisor.broker.base import Report
 from supervisor.broker.client import BrokerClient
 from supervisor.context import TaskContext, _current
-from supervisor.errors import ExitCode, PayloadError, Retry, SoftTimeLimitExceeded
+from supervisor.errors import ExitCode, PayloadError, Reject, Retry, SoftTimeLimitExceeded
 from supervisor.policy import recycle_after
 from supervisor.queue import Queue
 from supervisor.registry import TaskOptions, TaskRegistry
 
 POLL_S = 1.0  # longest wait in the broker: bounds heartbeat gaps and shutdown reaction
-_RESET_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
-                  signal.SIGQUIT, signal.SIGPIPE)
+_RESET_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+    signal.SIGQUIT,
+    signal.SIGPIPE,
+)
 
 
 class Worker:
@@ -112,8 +119,13 @@ class Worker:
 
     def _on_usr2(self, signum: int, frame: Any) -> None:
         stack = "".join(traceback.format_stack(frame))
-        logs.emit_raw("INFO", f"stack of worker {self.slot} (pid {self.pid}):\n{stack}",
-                      component="worker", worker=self.slot, pid=self.pid)
+        logs.emit_raw(
+            "INFO",
+            f"stack of worker {self.slot} (pid {self.pid}):\n{stack}",
+            component="worker",
+            worker=self.slot,
+            pid=self.pid,
+        )
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> NoReturn:
@@ -122,7 +134,8 @@ class Worker:
             self.init_process()
         except BaseException as exc:
             logger.bind(component="worker", worker=self.slot).opt(exception=exc).critical(
-                "worker failed to boot: {}", exc)
+                "worker failed to boot: {}", exc
+            )
             os._exit(ExitCode.WORKER_BOOT)
         self.scoreboard.heartbeat(self.slot, time.monotonic(), sb.IDLE)
         self.log.debug("worker ready")
@@ -195,8 +208,16 @@ class Worker:
             log.error("task invalid: {}", exc)
             return (task_id, "invalid", {"error": str(exc)})
         log.debug("task started (attempt {})", msg["attempt"])
-        token = _current.set(TaskContext(task_id, task_type, msg["attempt"], msg["priority"],
-                                         msg.get("scheduled_at"), self.slot))
+        token = _current.set(
+            TaskContext(
+                task_id,
+                task_type,
+                msg["attempt"],
+                msg["priority"],
+                msg.get("scheduled_at"),
+                self.slot,
+            )
+        )
         self._soft_s = opts.soft_timeout_s
         try:
             self._in_handler = True
@@ -207,17 +228,31 @@ class Worker:
             finally:
                 self._in_handler = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
+        except Reject as exc:
+            log.error("task rejected (dead, no retry): {}", exc)
+            return (task_id, "invalid", {"error": f"rejected: {exc}",
+                                         "traceback": traceback.format_exc()})
         except Retry as exc:
             log.info("task asked for a retry: {}", exc)
             return (task_id, "retry", {"error": str(exc), "delay": exc.delay})
         except SoftTimeLimitExceeded as exc:
             log.warning("task timed out: {}", exc)
-            return (task_id, "failed", {"reason": "timeout", "error": str(exc),
-                                        "traceback": traceback.format_exc()})
+            return (
+                task_id,
+                "failed",
+                {"reason": "timeout", "error": str(exc), "traceback": traceback.format_exc()},
+            )
         except BaseException as exc:
             log.warning("task failed: {}: {}", type(exc).__name__, exc)
-            return (task_id, "failed", {"reason": "error", "error": f"{type(exc).__name__}: {exc}",
-                                        "traceback": traceback.format_exc()})
+            return (
+                task_id,
+                "failed",
+                {
+                    "reason": "error",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                },
+            )
         finally:
             _current.reset(token)
         log.debug("task succeeded in {:.3f} s", time.monotonic() - now)

@@ -71,8 +71,15 @@ def start_broker_process(
             osutil.die_with_parent()
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
-                        signal.SIGTTOU, signal.SIGQUIT, signal.SIGCHLD):
+            for sig in (
+                signal.SIGHUP,
+                signal.SIGUSR1,
+                signal.SIGUSR2,
+                signal.SIGTTIN,
+                signal.SIGTTOU,
+                signal.SIGQUIT,
+                signal.SIGCHLD,
+            ):
                 signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
             signal.set_wakeup_fd(-1)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master blocked them to fork

@@ -18,7 +18,7 @@ SERIALIZER = "supervisor"
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-class FastConnection(connection.Connection):  # type: ignore[misc]
+class FastConnection(connection.Connection):
     def send(self, obj: Any) -> None:
         self._check_closed()
         self._check_writable()
@@ -31,7 +31,7 @@ class FastConnection(connection.Connection):  # type: ignore[misc]
         return pickle.loads(buf.getbuffer())
 
 
-class FastListener(connection.Listener):  # type: ignore[misc]
+class FastListener(connection.Listener):
     def accept(self) -> FastConnection:
         conn = super().accept()
         conn.__class__ = FastConnection

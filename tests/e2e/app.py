@@ -140,3 +140,32 @@ def orphan(params: dict[str, Any]) -> int:
 def _maybe_fail_boot(slot: int) -> None:
     if os.environ.get("E2E_FAIL_BOOT"):
         raise RuntimeError("E2E_FAIL_BOOT is set: this worker refuses to boot")
+
+
+@app.task("family", timeout_s=1, max_retries=0)
+def family(params: dict[str, Any]) -> None:
+    """Spawns a child process, then both hang: the hard timeout must take the whole group."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "3600"])
+    get_queue().set_public(params["key"], {"worker": os.getpid(), "child": child.pid})
+    time.sleep(3600)
+
+
+@app.task("picky", timeout_s=10, max_retries=5)
+def picky(params: dict[str, Any]) -> None:
+    from supervisor import Reject
+
+    raise Reject(f"params must have 'size', got {sorted(params)}")
+
+
+@app.task("again", timeout_s=10, max_retries=3)
+def again(params: dict[str, Any]) -> int:
+    """Asks for a retry after 0.3 s on its first attempt, then succeeds."""
+    from supervisor import Retry
+
+    task = current_task()
+    assert task is not None
+    if task.attempt == 1:
+        raise Retry("not yet", delay=0.3)
+    return task.attempt

@@ -30,13 +30,35 @@ class Master:
         self.workers = workers
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         env.pop("SUPERVISOR_CONFIG", None)
-        self.cmd = [*prefix, sys.executable, "-m", "supervisor", "run",
-                    "--app", "tests.e2e.app", "--run-dir", str(self.run_dir),
-                    "--workers", str(workers), "--log-format", "json", "--log-level", "DEBUG",
-                    "--heartbeat-timeout", "30", *args]
+        self.cmd = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "supervisor",
+            "run",
+            "--app",
+            "tests.e2e.app",
+            "--run-dir",
+            str(self.run_dir),
+            "--workers",
+            str(workers),
+            "--log-format",
+            "json",
+            "--log-level",
+            "DEBUG",
+            "--heartbeat-timeout",
+            "30",
+            *args,
+        ]
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._queue: Queue | None = None
         self.seen_pids: set[int] = set()
 
@@ -44,8 +66,11 @@ class Master:
     @property
     def queue(self) -> Queue:
         if self._queue is None:
-            self._queue = wait_until(lambda: connect(run_dir=str(self.run_dir), timeout_s=10),
-                                     timeout_s=20, what="the broker to answer")
+            self._queue = wait_until(
+                lambda: connect(run_dir=str(self.run_dir), timeout_s=10),
+                timeout_s=20,
+                what="the broker to answer",
+            )
         return self._queue
 
     def status(self) -> dict[str, Any]:
@@ -135,8 +160,13 @@ def start_master(tmp_path: Path) -> Iterator[Any]:
     """``start_master(*args, workers=2)`` -> Master, ready; all of them are killed afterwards."""
     started: list[Master] = []
 
-    def start(*args: str, workers: int = 2, wait: bool = True, prefix: list[str] | None = None,
-              name: str = "m") -> Master:
+    def start(
+        *args: str,
+        workers: int = 2,
+        wait: bool = True,
+        prefix: list[str] | None = None,
+        name: str = "m",
+    ) -> Master:
         d = tmp_path / f"{name}{len(started)}"
         d.mkdir()
         m = Master(d, list(args), workers, prefix or [])

@@ -28,19 +28,28 @@ print(json.dumps({"task_id": task_id, "value": get_public("from-producer"),
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True,
-                          text=True, timeout=30, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+    )
 
 
 def test_external_process_uses_the_seed_api_with_the_auth_key(start_master):
     m = start_master(workers=1)
     key = (m.run_dir / "authkey").read_text().strip()
     addr = (m.run_dir / "address").read_text().strip()
-    out = subprocess.run([sys.executable, "-c", PRODUCER], capture_output=True, text=True,
-                         timeout=30, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO),
-                                                        SUPERVISOR_ADDRESS=addr,
-                                                        SUPERVISOR_AUTHKEY=key))
+    out = subprocess.run(
+        [sys.executable, "-c", PRODUCER],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), SUPERVISOR_ADDRESS=addr, SUPERVISOR_AUTHKEY=key),
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["value"] == {"ok": True} and "from-producer" in doc["keys"]
@@ -52,10 +61,19 @@ def test_wrong_auth_key_is_refused(start_master):
     m = start_master(workers=1)
     with pytest.raises(BrokerError, match="refused the auth key"):
         connect(address=str(m.run_dir / "broker.sock"), authkey="not-the-key")
-    out = subprocess.run([sys.executable, "-c", PRODUCER], capture_output=True, text=True,
-                         timeout=30, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO),
-                             SUPERVISOR_ADDRESS=str(m.run_dir / "broker.sock"),
-                             SUPERVISOR_AUTHKEY="wrong"))
+    out = subprocess.run(
+        [sys.executable, "-c", PRODUCER],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            SUPERVISOR_ADDRESS=str(m.run_dir / "broker.sock"),
+            SUPERVISOR_AUTHKEY="wrong",
+        ),
+    )
     assert out.returncode != 0 and "refused the auth key" in out.stderr
     assert m.queue.get_queue_size() == 0  # nothing got in
 
@@ -130,16 +148,16 @@ def test_cli_without_a_master_says_so(tmp_path: Path):
 
 
 def test_bad_setting_names_the_field(tmp_path: Path):
-    out = _cli("run", "--app", "tests.e2e.app", "--workers", "many",
-               "--run-dir", str(tmp_path / "r"))
+    out = _cli(
+        "run", "--app", "tests.e2e.app", "--workers", "many", "--run-dir", str(tmp_path / "r")
+    )
     assert out.returncode == 2
     assert "workers: expected an integer, got 'many' (from flag --workers)" in out.stderr
 
 
 def test_second_master_on_the_same_run_dir_is_refused(start_master):
     m = start_master(workers=1)
-    out = _cli("run", "--app", "tests.e2e.app", "--run-dir", str(m.run_dir),
-               "--log-format", "text")
+    out = _cli("run", "--app", "tests.e2e.app", "--run-dir", str(m.run_dir), "--log-format", "text")
     assert out.returncode == 2
     assert f"a master is already running with pid {m.proc.pid}" in out.stderr
     assert m.queue.get_queue_size() == 0  # the first one is untouched

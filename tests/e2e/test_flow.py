@@ -18,13 +18,17 @@ pytestmark = pytest.mark.timeout(120)
 def test_thousand_tasks_across_two_workers_each_run_exactly_once(start_master, tmp_path: Path):
     m = start_master(workers=2)
     path = tmp_path / "executions.log"
-    ids = m.queue.push_tasks([{"type": "record", "params": {"path": str(path)}}
-                              for _ in range(1000)])
-    wait_until(lambda: m.counter("finished", "record", "succeeded") == 1000, 60,
-               what="1000 record tasks to succeed")
+    ids = m.queue.push_tasks(
+        [{"type": "record", "params": {"path": str(path)}} for _ in range(1000)]
+    )
+    wait_until(
+        lambda: m.counter("finished", "record", "succeeded") == 1000,
+        60,
+        what="1000 record tasks to succeed",
+    )
     lines = path.read_text().split()
     assert sorted(lines) == sorted(ids)  # every task once, none twice, none missing
-    pids = {m.task(i)["result"] for i in ids[:: 50]}
+    pids = {m.task(i)["result"] for i in ids[::50]}
     assert pids <= set(m.worker_pids())
 
 
@@ -78,8 +82,11 @@ def test_task_that_kills_its_worker_ends_dead_while_others_flow(start_master, ho
     rec = m.wait_status(bad, "dead", timeout_s=30)
     assert rec["attempts"] == 3  # max_retries=2: counted at hand-out, so no endless loop
     assert [e["reason"] for e in rec["errors"]] == ["worker_lost"] * 3
-    wait_until(lambda: all(m.task(t)["status"] == "succeeded" for t in good), 30,
-               what="the other tasks to succeed")
+    wait_until(
+        lambda: all(m.task(t)["status"] == "succeeded" for t in good),
+        30,
+        what="the other tasks to succeed",
+    )
     assert m.proc.poll() is None
     m.wait_ready()
 
@@ -100,7 +107,7 @@ def test_unknown_task_type_is_refused_at_push(start_master):
     from supervisor.errors import UnknownTaskType
 
     m = start_master(workers=1)
-    with pytest.raises(UnknownTaskType, match="'nope' is not registered; known: .*noop"):
+    with pytest.raises(UnknownTaskType, match=r"'nope' is not registered; known: .*noop"):
         m.queue.push_task({"type": "nope", "params": {}})
 
 
@@ -108,10 +115,12 @@ def test_recycles_after_max_tasks_per_child(start_master):
     m = start_master("--max-tasks-per-child", "5", workers=1)
     first = m.wait_ready()
     ids = m.queue.push_tasks([{"type": "noop", "params": {}} for _ in range(12)])
-    wait_until(lambda: all(m.task(t)["status"] == "succeeded" for t in ids), 30,
-               what="12 tasks to succeed")
-    wait_until(lambda: m.status()["master"]["restarts"].get("recycle-tasks", 0) >= 2,
-               what="two recycles")
+    wait_until(
+        lambda: all(m.task(t)["status"] == "succeeded" for t in ids), 30, what="12 tasks to succeed"
+    )
+    wait_until(
+        lambda: m.status()["master"]["restarts"].get("recycle-tasks", 0) >= 2, what="two recycles"
+    )
     assert set(m.wait_ready()).isdisjoint(first)
 
 
@@ -119,8 +128,9 @@ def test_recycles_a_worker_over_its_memory_limit(start_master):
     m = start_master("--max-memory-per-child", "64", workers=1)
     task_id = m.queue.push_task({"type": "hog", "params": {"mib": 96}})
     rec = m.wait_status(task_id, "succeeded")
-    wait_until(lambda: m.status()["master"]["restarts"].get("recycle-memory") == 1,
-               what="a memory recycle")
+    wait_until(
+        lambda: m.status()["master"]["restarts"].get("recycle-memory") == 1, what="a memory recycle"
+    )
     wait_until(lambda: gone(rec["result"]), what="the hog worker to exit")
     assert rec["result"] not in m.wait_ready()
 
@@ -149,3 +159,27 @@ def test_delayed_task_waits_in_the_broker(start_master, tmp_path: Path):
     assert m.task(task_id)["status"] == "scheduled"
     rec = m.wait_status(task_id, "succeeded")
     assert rec["started_at"] >= t0 + 1.0
+
+
+def test_hard_timeout_kills_the_handlers_children_too(start_master):
+    m = start_master(workers=1)
+    task_id = m.queue.push_task({"type": "family", "params": {"key": "fam"}})
+    pids = wait_until(lambda: m.queue.get_public("fam"), what="the task and its child to start")
+    m.wait_status(task_id, "dead")
+    wait_until(lambda: gone(pids["worker"]) and gone(pids["child"]), 5,
+               what="the worker and the child it spawned to be killed")
+
+
+def test_reject_goes_dead_at_once(start_master):
+    m = start_master(workers=1)
+    rec = m.wait_status(m.queue.push_task({"type": "picky", "params": {"x": 1}}), "dead")
+    assert rec["attempts"] == 1
+    assert rec["error"] == "rejected: params must have 'size', got ['x']"
+
+
+def test_retry_exception_waits_its_delay(start_master):
+    m = start_master(workers=1)
+    rec = m.wait_status(m.queue.push_task({"type": "again", "params": {}}), "succeeded")
+    assert rec["result"] == 2
+    assert rec["errors"][0]["reason"] == "retry"
+    assert rec["started_at"] - rec["errors"][0]["at"] >= 0.3

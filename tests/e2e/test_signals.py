@@ -20,10 +20,14 @@ pytestmark = pytest.mark.timeout(120)
 
 def _start_long(m, n: int, seconds: float, path: Path | None = None) -> list[str]:
     params = {"seconds": seconds, **({"path": str(path)} if path else {})}
-    ids = [m.queue.push_task({"type": "long", "params": {**params, "key": f"long{i}"}})
-           for i in range(n)]
-    wait_until(lambda: all(m.queue.get_public(f"long{i}") for i in range(n)),
-               what=f"{n} long tasks to start")
+    ids = [
+        m.queue.push_task({"type": "long", "params": {**params, "key": f"long{i}"}})
+        for i in range(n)
+    ]
+    wait_until(
+        lambda: all(m.queue.get_public(f"long{i}") for i in range(n)),
+        what=f"{n} long tasks to start",
+    )
     return ids
 
 
@@ -83,8 +87,10 @@ def test_ttin_and_ttou_change_the_worker_count(start_master):
     m.signal(signal.SIGTTOU)
     m.wait_ready(1)
     m.signal(signal.SIGTTOU)  # never below one worker
-    wait_until(lambda: m.log_text().count("SIGTTOU: 1 worker(s) wanted") == 2,
-               what="the third SIGTTOU to be handled")
+    wait_until(
+        lambda: m.log_text().count("SIGTTOU: 1 worker(s) wanted") == 2,
+        what="the third SIGTTOU to be handled",
+    )
     m.wait_ready(1)
 
 
@@ -120,15 +126,32 @@ def test_no_worker_survives_a_kill9_of_the_master(start_master):
     assert len(children) >= 3  # broker + 2 workers
     m.signal(signal.SIGKILL)
     m.wait_exit(5)
-    wait_until(lambda: all(gone(p.pid) for p in children), 10,
-               what="the broker and every worker to die with the master")
+    wait_until(
+        lambda: all(gone(p.pid) for p in children),
+        10,
+        what="the broker and every worker to die with the master",
+    )
 
 
 def test_app_that_fails_to_import_exits_4_without_respawning(tmp_path: Path):
     out = subprocess.run(
-        [os.sys.executable, "-m", "supervisor", "run", "--app", "tests.e2e.no_such_module",
-         "--run-dir", str(tmp_path / "run"), "--log-format", "text"],
-        capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[2])
+        [
+            os.sys.executable,
+            "-m",
+            "supervisor",
+            "run",
+            "--app",
+            "tests.e2e.no_such_module",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--log-format",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 4
     assert "cannot import task app module 'tests.e2e.no_such_module'" in out.stderr
 
@@ -152,15 +175,15 @@ def test_crash_loop_breaker_stops_the_master_with_5(start_master):
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         return False
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                           capture_output=True, timeout=10)
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10
+    )
     return probe.returncode == 0
 
 
 def test_as_pid1_reaps_orphans_and_exits_zero_on_term(start_master):
     require_service(_unshare_works(), "unshare --pid needs root and a kernel that allows it")
-    m = start_master(workers=1, prefix=["unshare", "--pid", "--fork", "--mount-proc"],
-                     wait=False)
+    m = start_master(workers=1, prefix=["unshare", "--pid", "--fork", "--mount-proc"], wait=False)
     m.wait_ready()
     task_id = m.queue.push_task({"type": "orphan", "params": {"linger": 0.2}})
     rec = m.wait_status(task_id, "succeeded")
@@ -172,3 +195,16 @@ def test_as_pid1_reaps_orphans_and_exits_zero_on_term(start_master):
     assert m.wait_exit(15) == 0
     with pytest.raises(psutil.NoSuchProcess):
         psutil.Process(master.pid).status()
+
+
+def test_usr1_reopens_the_log_file(start_master, tmp_path: Path):
+    log_file = tmp_path / "supervisor.log"
+    m = start_master("--log-file", str(log_file), workers=1)
+    wait_until(lambda: log_file.exists() and "master started" in log_file.read_text(),
+               what="the log file to be written")
+    rotated = tmp_path / "supervisor.log.1"
+    log_file.rename(rotated)
+    m.signal(signal.SIGUSR1)
+    wait_until(lambda: log_file.exists() and "log files reopened" in log_file.read_text(),
+               what="a new log file after USR1")
+    assert "log files reopened" not in rotated.read_text()

@@ -1,0 +1,1 @@
+"""Benchmarks of the supervisor against its baselines (see bench/README.md)."""
