@@ -56,12 +56,14 @@ class Scoreboard:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self._size = _FMT.size
-        self._mm = mmap.mmap(-1, self._size * slots, flags=mmap.MAP_SHARED)
+        # One record more than the worker slots: the master's own (its pid and loop heartbeat).
+        self.master_slot = slots
+        self._mm = mmap.mmap(-1, self._size * (slots + 1), flags=mmap.MAP_SHARED)
 
     def _offset(self, slot: int) -> int:
         # a negative slot would index from the end of the mapping: another worker's record
-        if not 0 <= slot < self.slots:
-            raise IndexError(f"scoreboard slot {slot} out of range 0..{self.slots - 1}")
+        if not 0 <= slot <= self.master_slot:
+            raise IndexError(f"scoreboard slot {slot} out of range 0..{self.master_slot}")
         return slot * self._size
 
     def _write(self, slot: int, values: tuple[object, ...]) -> None:
