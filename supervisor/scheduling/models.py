@@ -1,0 +1,176 @@
+"""Tables, engine setup and schema migration for the scheduler (SQLAlchemy 2.x Core).
+
+Times are epoch seconds stored as floats (the user's seed schema used BIGINT seconds; a seed
+database is upgraded in place and its integer values read back unchanged).
+
+* ``scheduler_task``: one row per schedule -- the seed columns plus what the features need.
+* ``schedule_fire``: one row per fired due time, unique on ``(schedule_id, due_at)``; the
+  record that makes a due time fire at most once (see :mod:`supervisor.scheduling.claim`).
+* ``scheduler_task_type``: the task types the running scheduler's app registers (version 2), so
+  that the CLI and the API in other processes can refuse an unregistered type at add time.
+* ``schema_version``: one row per applied schema version.
+
+:func:`migrate` is idempotent: it creates what is missing, adds columns an older database
+lacks, records the version, and refuses a database written by a newer release.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from supervisor.scheduling.errors import ScheduleError
+
+SCHEMA_VERSION = 2
+metadata = sa.MetaData()
+
+scheduler_task = sa.Table(
+    "scheduler_task", metadata,
+    sa.Column("task_id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("task_type", sa.String(100), nullable=False),
+    sa.Column("params", sa.Text),
+    sa.Column("schedule_type", sa.String(20), nullable=False),
+    sa.Column("interval_seconds", sa.Float),
+    sa.Column("cron_expression", sa.String(100)),
+    sa.Column("execute_at", sa.Float),
+    sa.Column("last_run_at", sa.Float),
+    sa.Column("next_run_at", sa.Float),
+    sa.Column("run_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_runs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("description", sa.Text),
+    # Added by this project (schema version 1).
+    sa.Column("priority", sa.Integer, nullable=False, server_default="5"),
+    sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column("start_at", sa.Float),
+    sa.Column("end_at", sa.Float),
+    sa.Column("anchor_at", sa.Float),  # interval fire times are anchor_at + k * interval
+    sa.Column("misfire_grace_s", sa.Float, nullable=False, server_default="3600"),
+    sa.Column("misfire_policy", sa.String(10), nullable=False, server_default="once"),
+    sa.Column("misfire_max_catchup", sa.Integer, nullable=False, server_default="10"),
+    sa.Column("max_instances", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("overlap", sa.String(10), nullable=False, server_default="skip"),
+    sa.Column("skipped_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("source", sa.String(10), nullable=False, server_default="api"),  # api | config
+    sa.Column("disabled_reason", sa.Text),
+    sa.Index("ix_scheduler_task_due", "enabled", "next_run_at"),
+)
+
+schedule_fire = sa.Table(
+    "schedule_fire", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("schedule_id", sa.String(36), nullable=False),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Column("task_id", sa.String(100), nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),  # claimed | pushed | failed
+    sa.Column("error", sa.Text),
+    sa.UniqueConstraint("schedule_id", "due_at", name="uq_schedule_fire_due"),
+    sa.Index("ix_schedule_fire_status", "status", "claimed_at"),
+)
+
+scheduler_task_type = sa.Table(
+    "scheduler_task_type", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("registered_at", sa.Float, nullable=False),
+)
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
+)
+
+
+def make_engine(url: str, *, busy_timeout_s: float = 5.0, **kwargs: Any) -> Engine:
+    """Create an engine for ``url``; for SQLite, with WAL, a busy timeout and real BEGINs.
+
+    SQLite connections get ``journal_mode=WAL`` (readers never block the writer),
+    ``busy_timeout`` (a locked database is waited for, not an instant error) and
+    ``synchronous=NORMAL``. pysqlite's own transaction handling is turned off so that
+    SQLAlchemy's ``begin`` emits ``BEGIN`` itself -- ``BEGIN IMMEDIATE`` when the connection
+    has the execution option ``sqlite_immediate=True``, which takes the write lock up front so
+    that two schedulers on one file are serialized instead of failing on a stale snapshot.
+    """
+    engine = sa.create_engine(url, **kwargs)
+    if engine.dialect.name != "sqlite":
+        return engine
+    timeout_ms = int(busy_timeout_s * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # no implicit BEGIN; see _on_begin
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def writer(engine: Engine) -> Engine:
+    """``engine`` with the option that makes SQLite transactions take the write lock first."""
+    return engine.execution_options(sqlite_immediate=True)
+
+
+def migrate(engine: Engine) -> int:
+    """Create or upgrade the scheduler's tables; return the schema version now in place.
+
+    Idempotent and safe to run from several processes at once. An older database (including
+    the seed's bare ``scheduler_task`` table) gains the missing columns; a database whose
+    recorded version is newer than :data:`SCHEMA_VERSION` is refused with ScheduleError.
+    """
+    with writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":  # serialize concurrent migrations
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305914)"))
+        metadata.create_all(conn)
+        current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+        if current is not None and current > SCHEMA_VERSION:
+            raise ScheduleError(
+                f"the scheduler database has schema version {current}, newer than the "
+                f"{SCHEMA_VERSION} this release supports; upgrade supervisor")
+        if current is None or current < SCHEMA_VERSION:
+            _add_missing_columns(conn)
+            conn.execute(
+                scheduler_task.update()
+                .where(scheduler_task.c.anchor_at.is_(None),
+                       scheduler_task.c.schedule_type == "interval")
+                .values(anchor_at=scheduler_task.c.next_run_at))
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+    return SCHEMA_VERSION
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    present = {c["name"] for c in sa.inspect(conn).get_columns("scheduler_task")}
+    quote = conn.dialect.identifier_preparer.quote
+    for column in scheduler_task.columns:
+        if column.name in present:
+            continue
+        ddl = (f"ALTER TABLE scheduler_task ADD COLUMN {quote(column.name)} "
+               f"{column.type.compile(dialect=conn.dialect)}")
+        default = column.server_default
+        if isinstance(default, sa.DefaultClause):
+            ddl += f" NOT NULL DEFAULT {_default_sql(conn, column, default.arg)}"
+        conn.exec_driver_sql(ddl)
+    for index in scheduler_task.indexes:
+        index.create(conn, checkfirst=True)
+
+
+def _default_sql(conn: sa.Connection, column: sa.Column[Any], arg: Any) -> str:
+    if not isinstance(arg, str):  # a SQL expression such as sa.true()
+        return str(arg.compile(dialect=conn.dialect))
+    if isinstance(column.type, sa.Integer | sa.Float):
+        return arg
+    return "'" + arg.replace("'", "''") + "'"
