@@ -22,6 +22,12 @@ from supervisor.errors import BrokerError, ExitCode, SupervisorError
 def _settings_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings (also SUPERVISOR_<NAME> env and the config file)")
     for f in FIELDS:
+        if f.kind is bool:
+            g.add_argument(
+                f.flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                help=f.help,
+            )
+            continue
         # Parsed as text: the config layer converts it and names the field in its error.
         g.add_argument(
             f.flag,

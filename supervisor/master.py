@@ -67,6 +67,30 @@ class MasterStats:
     loop_lag_s: float = 0.0
 
 
+def make_broker(
+    s: Settings, options: dict[str, TaskOptions], default: TaskOptions
+) -> MemoryBroker:
+    """The broker for the settings (runs in the broker process, after the fork)."""
+    common: dict[str, Any] = dict(
+        task_types=options,
+        default_options=default,
+        max_payload_bytes=s.max_payload_bytes,
+        finished_records=s.finished_records,
+    )
+    if s.durability == "none":
+        return MemoryBroker(**common)
+    from supervisor.broker.durable import DurableBroker
+    from supervisor.broker.journal import Journal
+    from supervisor.scheduling.models import make_engine
+
+    return DurableBroker(
+        journal=Journal(make_engine(s.database)),
+        result_ttl_s=s.result_ttl,
+        failure_ttl_s=s.failure_ttl,
+        **common,
+    )
+
+
 def resolve_options(registry: TaskRegistry, settings: Settings) -> dict[str, TaskOptions]:
     return {
         name: opts.resolved(
@@ -116,6 +140,7 @@ class Master:
         s = self.settings
         self.run_files = RunFiles.prepare(s.run_dir, s.address, s.authkey)
         self.scoreboard = sb.Scoreboard(max(256, self.desired * 4))
+        self.scoreboard.reset(self.scoreboard.master_slot, os.getpid(), self.clock())
         self.signals = SignalQueue()
         self.signals.install()
         default = TaskOptions(
@@ -129,12 +154,7 @@ class Master:
             self.broker_pid, address = start_broker_process(
                 address=self.run_files.address,
                 authkey=self.run_files.authkey,
-                make_broker=lambda: MemoryBroker(
-                    task_types=self.options,
-                    default_options=default,
-                    max_payload_bytes=s.max_payload_bytes,
-                    finished_records=s.finished_records,
-                ),
+                make_broker=lambda: make_broker(s, self.options, default),
             )
         self.run_files.publish(address)
         self.client = BrokerClient(self.run_files.address, self.run_files.authkey, timeout_s=10.0)
@@ -164,8 +184,9 @@ class Master:
             self.start()
         except SupervisorError as exc:
             self.log.critical("cannot start: {}", exc)
+            self.exit_code = ExitCode.USAGE if "already running" in str(exc) else ExitCode.ERROR
             self.cleanup()
-            return int(ExitCode.USAGE if "already running" in str(exc) else ExitCode.ERROR)
+            return int(self.exit_code)
         try:
             while self.state != STOPPED:
                 self.sleep()
@@ -174,6 +195,7 @@ class Master:
                     max(0.0, now - self.last_tick - TICK_S) if self.last_tick else 0.0
                 )
                 self.last_tick = now
+                self.scoreboard.heartbeat(self.scoreboard.master_slot, now, sb.BUSY)
                 self.handle_signals(now)
                 self.reap_workers(now)
                 self.enforce_deadlines(now)
@@ -594,7 +616,7 @@ class Master:
             with contextlib.suppress(BrokerError, AttributeError):
                 stats = self.client.call("stats")
                 left = stats["queued"] + stats["scheduled"] + stats["retrying"]
-                if left:
+                if left and self.settings.durability == "none":
                     self.log.warning(
                         "{} task(s) still queued or delayed are dropped with the in-memory broker",
                         left,

@@ -19,7 +19,8 @@ def settings_table() -> str:
             default = "-"
         else:
             default = f"`{f.default}`"
-        rows.append(f"| `{f.name}` | `{f.flag}` | `{f.env}` | {default} | {f.help} |")
+        flag = f"`{f.flag}`, `--no-{f.flag[2:]}`" if f.kind is bool else f"`{f.flag}`"
+        rows.append(f"| `{f.name}` | {flag} | `{f.env}` | {default} | {f.help} |")
     return "\n".join(rows) + "\n"
 
 

@@ -8,6 +8,10 @@ thread, and the critical sections are a few dict and deque operations.
 Ready tasks sit in one FIFO deque per priority (0-10), so dequeue order is global and stable:
 higher priority first, FIFO within a priority, whatever the number of consumers, with no prefetch.
 Delayed tasks (an ``eta``, or a retry backoff) wait in a heap here, never in a worker.
+
+Metrics are scraped from this process every few seconds, so ``stats`` and ``queue_size`` must not
+walk the records: counts by status and ready counts by priority are kept up to date on every
+status change (``_count`` / ``_uncount``), and the oldest ready age is read from the lane heads.
 """
 
 from __future__ import annotations
@@ -66,6 +70,13 @@ class MemoryBroker(Broker):
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._events: deque[tuple[str, str, str, float]] = deque(maxlen=100_000)
         self._status: dict[str, Any] = {}
+        self._scheduler: dict[str, Any] = {}
+        self._scheduler_at: float | None = None  # broker clock of the last scheduler publish
+        # Counts kept on every status change, so stats() is O(priorities), not O(records):
+        # records in _active or _finished by status, and live ready entries by priority.
+        self._by_status: Counter[str] = Counter()
+        self._ready_n = [0] * (PRIORITY_MAX + 1)
+        self._front_seqs: set[int] = set()  # lane entries put back at the front (shutdown)
         self.store = MemoryStore(clock=clock)
 
     # -- configuration -----------------------------------------------------------------------
@@ -142,22 +153,49 @@ class MemoryBroker(Broker):
             schedule_id=msg.get("schedule_id"), scheduled_at=msg.get("scheduled_at"),
         )
 
-    def _enqueue(self, rec: TaskRecord, *, front: bool = False) -> None:
+    # -- counts (every status change of a tracked record goes through these) ----------------
+    def _count(self, rec: TaskRecord) -> None:
+        self._by_status[rec.status] += 1
+        if rec.status == base.QUEUED:
+            self._ready_n[rec.priority] += 1
+
+    def _uncount(self, rec: TaskRecord) -> None:
+        self._by_status[rec.status] -= 1
+        if rec.status == base.QUEUED:
+            self._ready_n[rec.priority] -= 1
+
+    def _move(self, rec: TaskRecord, status: str) -> None:
+        self._uncount(rec)
+        rec.status = status
+        self._count(rec)
+
+    def _enqueue(
+        self, rec: TaskRecord, *, delayed_status: str = base.SCHEDULED, front: bool = False
+    ) -> None:
+        """Track ``rec`` as active: delayed (as ``delayed_status``) until its eta, else ready."""
+        if self._active.get(rec.task_id) is rec:
+            self._uncount(rec)  # counted again below under its new status
+        old = self._finished.pop(rec.task_id, None)
+        if old is not None:
+            self._uncount(old)
         self._seq += 1
         rec.seq = self._seq
         self._active[rec.task_id] = rec
-        self._finished.pop(rec.task_id, None)
         if rec.eta is not None and rec.eta > self._clock():
-            if rec.status == base.QUEUED:
-                rec.status = base.SCHEDULED
+            rec.status = delayed_status
             heapq.heappush(self._delayed, (rec.eta, rec.seq, rec.task_id))
             self._cond.notify_all()  # waiters recompute how long to sleep
         else:
             rec.status = base.QUEUED
             rec.ready_at = self._clock()
             lane = self._ready[rec.priority]
-            (lane.appendleft if front else lane.append)((rec.task_id, rec.seq))
+            if front:
+                lane.appendleft((rec.task_id, rec.seq))
+                self._front_seqs.add(rec.seq)
+            else:
+                lane.append((rec.task_id, rec.seq))
             self._cond.notify()
+        self._count(rec)
 
     def push(self, message: dict[str, Any]) -> str:
         with self._cond:
@@ -188,7 +226,7 @@ class MemoryBroker(Broker):
             if rec is None or rec.seq != seq or rec.status not in (base.SCHEDULED, base.RETRYING):
                 continue
             rec.eta = None
-            rec.status = base.QUEUED
+            self._move(rec, base.QUEUED)
             rec.ready_at = now
             self._ready[rec.priority].append((task_id, seq))
             n += 1
@@ -201,10 +239,12 @@ class MemoryBroker(Broker):
         for lane in reversed(self._ready):
             while lane:
                 task_id, seq = lane.popleft()
+                if self._front_seqs:
+                    self._front_seqs.discard(seq)
                 rec = self._active.get(task_id)
                 if rec is None or rec.seq != seq or rec.status != base.QUEUED:
                     continue  # cancelled or re-queued since: a stale entry
-                rec.status = base.RUNNING
+                self._move(rec, base.RUNNING)
                 rec.attempts += 1
                 rec.started_at = now
                 rec.consumer = consumer
@@ -250,14 +290,14 @@ class MemoryBroker(Broker):
 
     # -- outcomes ----------------------------------------------------------------------------
     def _finish(self, rec: TaskRecord, status: str, now: float) -> None:
-        rec.status = status
+        self._move(rec, status)
         rec.finished_at = now
         rec.consumer = None
         rec.lease_until = None
         self._active.pop(rec.task_id, None)
         self._finished[rec.task_id] = rec
         while len(self._finished) > self._finished_cap:
-            self._finished.popitem(last=False)
+            self._uncount(self._finished.popitem(last=False)[1])
         duration = now - rec.started_at if rec.started_at is not None else 0.0
         self.counters[("finished", rec.type, status)] += 1
         self._events.append(("finished", rec.type, status, duration))
@@ -274,9 +314,9 @@ class MemoryBroker(Broker):
         if reason == base.REASON_SHUTDOWN:  # not the task's fault: put it back, uncounted
             rec.attempts = max(0, rec.attempts - 1)
             rec.errors.pop()
-            rec.status = base.QUEUED
             self._enqueue(rec, front=True)
             return
+        self.counters[("failed", rec.type, reason)] += 1
         max_retries = self._option(rec.type, "max_retries", 3)
         if reason == base.REASON_INVALID or rec.attempts > max_retries:
             self._finish(rec, base.DEAD, now)
@@ -287,10 +327,9 @@ class MemoryBroker(Broker):
                 rec.attempts, base_s=self._option(rec.type, "backoff_base_s", 1.0),
                 cap_s=self._option(rec.type, "backoff_cap_s", 300.0), rng=self._rng,
             )
-        rec.status = base.RETRYING
         rec.eta = now + max(0.0, float(delay))
         self.counters[("retried", rec.type, reason)] += 1
-        self._enqueue(rec)
+        self._enqueue(rec, delayed_status=base.RETRYING)
 
     def report(self, consumer: str, report: Report) -> None:
         task_id, outcome, detail = report
@@ -333,7 +372,7 @@ class MemoryBroker(Broker):
     def queue_size(self) -> int:
         with self._cond:
             self._promote(self._clock())
-            return sum(1 for lane in self._ready for tid, seq in lane if self._is_live(tid, seq))
+            return sum(self._ready_n)
 
     def _is_live(self, task_id: str, seq: int) -> bool:
         rec = self._active.get(task_id)
@@ -349,12 +388,10 @@ class MemoryBroker(Broker):
             rec = self._finished.get(task_id)
             if rec is None or rec.status not in (base.DEAD, base.CANCELLED):
                 return False
-            del self._finished[task_id]
             rec.attempts = 0
             rec.eta = None
             rec.finished_at = None
-            rec.status = base.QUEUED
-            self._enqueue(rec)
+            self._enqueue(rec)  # takes it out of the finished records
             return True
 
     def held(self) -> dict[str, str]:
@@ -362,19 +399,41 @@ class MemoryBroker(Broker):
         with self._cond:
             return dict(self._held)
 
+    def _oldest_ready_at(self, prio: int) -> float | None:
+        """When the longest-waiting ready task of a lane became ready (None: lane empty).
+
+        Lanes are FIFO by ready time except entries put back at the front (shutdown requeues),
+        which sit before every other entry: look at those and the first ordinary live entry.
+        Stale entries at the head are dropped on the way (``_take`` would skip them anyway)."""
+        lane = self._ready[prio]
+        while lane and not self._is_live(*lane[0]):
+            self._front_seqs.discard(lane.popleft()[1])
+        oldest: float | None = None
+        for task_id, seq in lane:
+            rec = self._active.get(task_id)
+            if rec is None or rec.seq != seq or rec.status != base.QUEUED:
+                continue
+            ready_at = rec.ready_at if rec.ready_at is not None else self._clock()
+            oldest = ready_at if oldest is None else min(oldest, ready_at)
+            if seq not in self._front_seqs:
+                break
+        return oldest
+
     def stats(self) -> dict[str, Any]:
+        """Counts by status and priority, oldest ready age, store size and counters.
+
+        O(priorities + task types), whatever the number of records (it is scraped often)."""
         with self._cond:
             now = self._clock()
             self._promote(now)
             by_priority: dict[int, int] = {}
             oldest: dict[int, float] = {}
             for prio in range(PRIORITY_MIN, PRIORITY_MAX + 1):
-                live = [self._active[t] for t, s in self._ready[prio] if self._is_live(t, s)]
-                if live:
-                    by_priority[prio] = len(live)
-                    oldest[prio] = now - min(r.ready_at or now for r in live)
-            counts = Counter(r.status for r in self._active.values())
-            counts.update(r.status for r in self._finished.values())
+                if self._ready_n[prio]:
+                    by_priority[prio] = self._ready_n[prio]
+                    ready_at = self._oldest_ready_at(prio)
+                    oldest[prio] = 0.0 if ready_at is None else max(0.0, now - ready_at)
+            counts = {status: n for status, n in self._by_status.items() if n}
             return {
                 "queued": sum(by_priority.values()),
                 "by_priority": by_priority,
@@ -382,7 +441,7 @@ class MemoryBroker(Broker):
                 "scheduled": counts.get(base.SCHEDULED, 0),
                 "retrying": counts.get(base.RETRYING, 0),
                 "running": len(self._held),
-                "by_status": dict(counts),
+                "by_status": counts,
                 "store_keys": self.store.get_store_size(),
                 "dispatching": self._dispatching,
                 "counters": dict(self.counters),
@@ -416,6 +475,44 @@ class MemoryBroker(Broker):
 
     def get_status(self) -> dict[str, Any]:
         return {"master": self._status, "stats": self.stats()}
+
+    def master_status(self) -> dict[str, Any]:
+        """The master's last published status (empty before the first); no lock taken:
+        ``publish_status`` replaces the dict whole, it is never changed in place."""
+        return self._status
+
+    def dispatching(self) -> bool:
+        return self._dispatching
+
+    def known_task_types(self) -> list[str]:
+        """The registered task type names (empty when any type is accepted)."""
+        with self._cond:
+            return sorted(self._types or ())
+
+    def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
+        """The scheduler's counters, for metrics; it calls this after each tick (≤ 1 s).
+
+        ``doc`` keys, all optional: ``fires_total`` (int, cumulative: due times pushed),
+        ``misfires_total`` ({action: int}, cumulative: due times not pushed, by action:
+        ``skipped`` (too late), ``coalesced``, ``overlapped``), ``fire_lags_s`` (list of seconds
+        between due time and push, for the fires since the previous call: observed once into
+        the fire lag histogram), ``failures`` (consecutive failed ticks). Cumulative values may
+        restart from 0 when the scheduler restarts (Prometheus counters handle resets)."""
+        if not isinstance(doc, dict):
+            raise TaskError(f"scheduler status must be a dict, got {type(doc).__name__}")
+        lags = doc.get("fire_lags_s") or ()
+        with self._cond:
+            self._scheduler = {k: v for k, v in doc.items() if k != "fire_lags_s"}
+            self._scheduler_at = self._clock()
+            for lag in lags:
+                if isinstance(lag, int | float) and math.isfinite(lag):
+                    self._events.append(("scheduler_fire", "", "", max(0.0, float(lag))))
+
+    def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
+        """The scheduler's last published doc and its age in seconds (None: never published)."""
+        with self._cond:
+            at = self._scheduler_at
+            return dict(self._scheduler), (None if at is None else self._clock() - at)
 
     # -- public store (delegated) ------------------------------------------------------------
     def set_public(self, key: str, value: bytes, ttl: float | None = None) -> None:

@@ -32,12 +32,26 @@ from supervisor.errors import BrokerError
 BROKER_IDENT = "broker"
 
 
+def _exit_on_term(signum: int, frame: Any) -> None:
+    # The one handler that acts: it unwinds serve_forever so that the journal is flushed.
+    raise SystemExit(0)
+
+
 def exposed_methods(obj: object) -> set[str]:
     return {name for name in managers.public_methods(obj) if not name.startswith("_")}
 
 
-def serve(broker: MemoryBroker, address: Any, authkey: bytes, ready_fd: int | None = None) -> None:
-    """Bind ``address`` and serve ``broker`` forever (call in the broker process)."""
+def serve(
+    broker: MemoryBroker,
+    address: Any,
+    authkey: bytes,
+    ready_fd: int | None = None,
+    on_serve: Callable[[MemoryBroker], None] | None = None,
+) -> None:
+    """Bind ``address`` and serve ``broker`` forever (call in the broker process).
+
+    ``on_serve(broker)`` runs once the listener is bound, before serving: it may start threads
+    of its own here (the HTTP endpoints do), since this process never forks."""
     old_umask = os.umask(0o077)  # the Unix socket is born 0600: no window where others connect
     try:
         server = managers.Server({}, address, authkey, SERIALIZER)
@@ -47,10 +61,17 @@ def serve(broker: MemoryBroker, address: Any, authkey: bytes, ready_fd: int | No
         os.chmod(server.address, 0o600)
     server.id_to_obj[BROKER_IDENT] = (broker, exposed_methods(broker), None)
     server.id_to_refcount[BROKER_IDENT] = 1
+    if on_serve is not None:
+        on_serve(broker)
     if ready_fd is not None:  # tell the master where we listen (port 0 means "pick one")
         os.write(ready_fd, b"ok " + json.dumps(server.address).encode() + b"\n")
         os.close(ready_fd)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        close = getattr(broker, "close", None)
+        if close is not None:
+            close()  # the durable broker commits what its journal still holds
 
 
 def start_broker_process(
@@ -58,6 +79,7 @@ def start_broker_process(
     address: Any,
     authkey: bytes,
     make_broker: Callable[[], MemoryBroker],
+    on_serve: Callable[[MemoryBroker], None] | None = None,
     timeout_s: float = 10.0,
 ) -> tuple[int, Any]:
     """Fork the broker process; once it listens return (pid, address). Raises BrokerError."""
@@ -70,7 +92,7 @@ def start_broker_process(
             os.setpgid(0, 0)  # terminal ^C is for the master to handle, not us
             osutil.die_with_parent()
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, _exit_on_term)
             for sig in (
                 signal.SIGHUP,
                 signal.SIGUSR1,
@@ -83,7 +105,7 @@ def start_broker_process(
                 signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
             signal.set_wakeup_fd(-1)
             signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master blocked them to fork
-            serve(make_broker(), address, authkey, ready_fd=wfd)
+            serve(make_broker(), address, authkey, ready_fd=wfd, on_serve=on_serve)
         except BaseException as exc:  # report why we could not listen, then go
             with contextlib.suppress(OSError):
                 os.write(wfd, f"error {type(exc).__name__}: {exc}\n".encode())

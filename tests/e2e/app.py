@@ -31,6 +31,8 @@ def record(params: dict[str, Any]) -> int:
     """Append this task's id to params['path'] (counts executions)."""
     task = current_task()
     assert task is not None
+    if params.get("work_s"):
+        time.sleep(params["work_s"])  # stands for real work, so that a test can kill mid-run
     _append(params["path"], task.task_id)
     return os.getpid()
 

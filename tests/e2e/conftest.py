@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 class Master:
     """A running ``supervisor run`` and helpers to observe it."""
 
-    def __init__(self, tmp_path: Path, args: list[str], workers: int, prefix: list[str]) -> None:
+    def __init__(self, tmp_path: Path, args: list[str], workers: int, prefix: list[str],
+                 database: str | None = None) -> None:
         self.run_dir = tmp_path / "run"
+        self.database = database or f"sqlite:///{tmp_path / 'supervisor.db'}"
         self.log_path = tmp_path / "master.log"
         self.workers = workers
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -48,6 +50,10 @@ class Master:
             "DEBUG",
             "--heartbeat-timeout",
             "30",
+            "--database",
+            self.database,
+            "--metrics-port",
+            "0",
             *args,
         ]
         self._log = self.log_path.open("wb")
@@ -166,10 +172,11 @@ def start_master(tmp_path: Path) -> Iterator[Any]:
         wait: bool = True,
         prefix: list[str] | None = None,
         name: str = "m",
+        database: str | None = None,
     ) -> Master:
         d = tmp_path / f"{name}{len(started)}"
         d.mkdir()
-        m = Master(d, list(args), workers, prefix or [])
+        m = Master(d, list(args), workers, prefix or [], database)
         started.append(m)
         if wait:
             m.wait_ready()

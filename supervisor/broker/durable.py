@@ -1,0 +1,179 @@
+"""The durable broker: the embedded broker plus a journal, so a restart loses nothing.
+
+Every state change of a task goes to the :class:`~supervisor.broker.journal.Journal` in the order
+it happened (snapshots are taken under the broker's lock). On start, the journal's unfinished
+tasks come back: queued, scheduled and retrying ones as they were; running ones as an attempt
+that ended with reason ``worker_lost`` (their worker died with the master), through the usual
+retry policy. A push returns once its snapshot is committed.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from loguru import logger
+
+from supervisor.broker import base
+from supervisor.broker.journal import Journal, snapshot, task_record
+from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.records import TaskRecord
+from supervisor.errors import TaskError
+
+DAY_S = 86_400.0
+
+
+class DurableBroker(MemoryBroker):
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        result_ttl_s: float = 7 * DAY_S,
+        failure_ttl_s: float = 30 * DAY_S,
+        janitor_interval_s: float = 60.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self._journal = journal
+        self._result_ttl = result_ttl_s
+        self._failure_ttl = failure_ttl_s
+        self._janitor_interval = janitor_interval_s
+        self._tls = threading.local()
+        self._stop = threading.Event()
+        self.log = logger.bind(component="broker")
+        journal.migrate()
+        self.recovered = self._recover()
+        journal.start()
+        threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
+
+    # -- journal hooks (all called with the broker's lock held) ------------------------------
+    def _journal_rec(self, rec: TaskRecord) -> None:
+        self._tls.seq = self._journal.write(snapshot(rec))
+
+    def _enqueue(self, rec: TaskRecord, **options: Any) -> None:
+        super()._enqueue(rec, **options)
+        self._journal_rec(rec)
+
+    def _take(self, consumer: str, now: float) -> dict[str, Any] | None:
+        msg = super()._take(consumer, now)
+        if msg is not None:
+            self._journal_rec(self._active[msg["task_id"]])
+        return msg
+
+    def _finish(self, rec: TaskRecord, status: str, now: float, **options: Any) -> None:
+        super()._finish(rec, status, now, **options)
+        self._journal_rec(rec)
+
+    # -- pushes wait for their commit --------------------------------------------------------
+    def push(self, message: dict[str, Any]) -> str:
+        task_id = super().push(message)
+        self._journal.wait(self._tls.seq)
+        return task_id
+
+    def push_many(self, messages: list[dict[str, Any]]) -> list[str]:
+        ids = super().push_many(messages)
+        if ids:
+            self._journal.wait(self._tls.seq)
+        return ids
+
+    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
+        # The hand-out is committed before the consumer sees the task: a task that ran is never
+        # found "queued" after a crash, so every re-run shows as an extra attempt.
+        msg = super().pop(consumer, wait_s)
+        if msg is not None:
+            self._journal.wait(self._tls.seq)
+        return msg
+
+    def retry_task(self, task_id: str) -> bool:
+        with self._cond:
+            if task_id not in self._finished:
+                rec = self._journal.get(task_id)
+                if rec is not None and rec.status in base.FINAL_STATUSES:
+                    self._finished[task_id] = rec  # evicted from memory: bring it back
+        ok = super().retry_task(task_id)
+        if ok:
+            self._journal.wait(self._tls.seq)
+        return ok
+
+    # -- queries fall back to the database ---------------------------------------------------
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        found = super().get_task(task_id)
+        if found is not None:
+            return found
+        rec = self._journal.get(task_id)
+        return None if rec is None else rec.as_dict()
+
+    def list_tasks(self, status: str | None = None, task_type: str | None = None,
+                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Task records from the database, newest first (active ones as the broker sees them)."""
+        self._journal.sync()
+        rows = self._journal.query(status=status, task_type=task_type, since=since, limit=limit)
+        out = []
+        with self._cond:
+            for rec in rows:
+                live = self._active.get(rec.task_id) or self._finished.get(rec.task_id)
+                out.append((live or rec).as_dict())
+        return out
+
+    def get_queue_stats(self) -> dict[str, int]:
+        """Counts by status over every recorded task (the database's view)."""
+        self._journal.sync()
+        return self._journal.counts()
+
+    def purge(self, status: str, older_than_s: float) -> int:
+        """Delete finished records of ``status`` that finished more than ``older_than_s`` ago."""
+        if status not in base.FINAL_STATUSES:
+            raise TaskError(f"only finished tasks can be purged "
+                            f"({', '.join(base.FINAL_STATUSES)}), got {status!r}")
+        self._journal.sync()
+        cutoff = self._clock() - older_than_s
+        n = self._journal.delete(sa.and_(task_record.c.status == status,
+                                         task_record.c.finished_at < cutoff))
+        with self._cond:
+            for tid in [t for t, r in self._finished.items()
+                        if r.status == status and (r.finished_at or 0) < cutoff]:
+                del self._finished[tid]
+        return n
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _recover(self) -> int:
+        recs = self._journal.load_active()
+        now = self._clock()
+        with self._cond:
+            for rec in recs:
+                if rec.status == base.RUNNING:
+                    rec.consumer = None
+                    self._active[rec.task_id] = rec
+                    self._fail(rec, base.REASON_WORKER_LOST,
+                               {"error": "the master stopped while the task was running"}, now)
+                else:
+                    self._enqueue(rec)
+        if recs:
+            self.log.info("recovered {} unfinished task(s) from the journal", len(recs))
+        return len(recs)
+
+    def _janitor(self) -> None:
+        while not self._stop.wait(self._janitor_interval):
+            self.expire_results()
+
+    def expire_results(self) -> int:
+        """Delete finished records whose result TTL passed, in small batches."""
+        now = self._clock()
+        c = task_record.c
+        try:
+            n = self._journal.delete(sa.or_(
+                sa.and_(c.status == base.SUCCEEDED, c.finished_at < now - self._result_ttl),
+                sa.and_(c.status.in_((base.DEAD, base.CANCELLED)),
+                        c.finished_at < now - self._failure_ttl),
+            ))
+        except Exception as exc:  # noqa: BLE001 - the janitor must never die
+            self.log.error("expiring old task records failed: {}", exc)
+            return 0
+        if n:
+            self.log.info("expired {} finished task record(s)", n)
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._journal.close()
