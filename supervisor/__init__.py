@@ -20,8 +20,9 @@ from supervisor.compat import (
     task_done,
 )
 from supervisor.config import Settings, load_settings
-from supervisor.context import TaskContext, current_task
+from supervisor.context import TaskContext, cancel_requested, current_task
 from supervisor.errors import (
+    Cancelled,
     ExitCode,
     Reject,
     Retry,
@@ -34,6 +35,7 @@ from supervisor.registry import TaskOptions, TaskRegistry
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
     "ExitCode",
     "MemoryQueue",
     "Queue",
@@ -48,6 +50,7 @@ __all__ = [
     "__version__",
     "cleanup",
     "clear_store",
+    "cancel_requested",
     "connect",
     "current_task",
     "delete_public",

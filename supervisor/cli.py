@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from supervisor import __version__
+from supervisor import __version__, cli_tasks
 from supervisor.config import FIELDS, Settings, load_settings
 from supervisor.errors import BrokerError, ExitCode, SupervisorError
 
@@ -86,19 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         if not any(a.dest == "run_dir" for a in p._actions):
             _client_flags(p)
 
-    tasks = sub.add_parser("tasks", help="inspect and replay tasks")
-    tsub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
-    tshow = tsub.add_parser("show", help="show one task's record (JSON)")
-    tshow.add_argument("task_id")
-    tretry = tsub.add_parser("retry", help="queue a dead or cancelled task again")
-    tretry.add_argument("task_id")
-    for p in (tshow, tretry):
-        _client_flags(p)
+    cli_tasks.add_parser(sub, _client_flags)
     return parser
 
 
-class UsageError(SupervisorError):
-    pass
+UsageError = cli_tasks.UsageError
 
 
 def _number(text: str | None, what: str, *, integer: bool = False) -> Any:
@@ -222,19 +214,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    q = _connect(args)
-    if args.tasks_command == "show":
-        rec = q.get_task(args.task_id)
-        if rec is None:
-            print(f"task {args.task_id!r} is unknown", file=sys.stderr)
-            return 1
-        print(json.dumps(rec, indent=2, sort_keys=True, default=repr, ensure_ascii=False))
-        return 0
-    if not q.retry_task(args.task_id):
-        print(f"task {args.task_id!r} is not dead or cancelled (or unknown)", file=sys.stderr)
-        return 1
-    print(args.task_id)
-    return 0
+    return cli_tasks.run(args, _connect(args))
 
 
 COMMANDS = {

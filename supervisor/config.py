@@ -83,6 +83,9 @@ FIELDS: tuple[Field, ...] = (
     Field("max_tasks_per_child_jitter", int, 0, "random extra tasks before recycling", minimum=0),
     Field("max_memory_per_child", int, 0,
           "recycle a worker whose RSS passes this many MiB (0: off)", minimum=0),
+    Field("cancel_grace", float, 10.0,
+          "seconds a cancelled running task gets to stop before its worker is killed",
+          minimum=0),
     Field("heartbeat_timeout", float, 30.0, "an idle worker silent this long is hung (s)",
           minimum=0.5),
     Field("crash_limit", int, 30,
@@ -91,6 +94,8 @@ FIELDS: tuple[Field, ...] = (
     Field("restart_backoff_cap", float, 10.0, "largest per-slot respawn delay (s)", minimum=0),
     Field("max_payload_bytes", int, 1048576, "largest pickled task params or store value",
           minimum=1),
+    Field("max_result_bytes", int, 1048576,
+          "largest task result kept (as JSON); a larger one fails the task", minimum=1),
     Field("finished_records", int, 10000, "finished task records kept in memory", minimum=0),
     Field("log_format", str, "auto", "log format: text, json, or auto (text on a terminal)",
           choices=("auto", "text", "json")),
@@ -135,11 +140,13 @@ class Settings:
     max_tasks_per_child: int
     max_tasks_per_child_jitter: int
     max_memory_per_child: int
+    cancel_grace: float
     heartbeat_timeout: float
     crash_limit: int
     crash_window: float
     restart_backoff_cap: float
     max_payload_bytes: int
+    max_result_bytes: int
     finished_records: int
     log_format: str
     log_level: str

@@ -24,3 +24,14 @@ _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
 def current_task() -> TaskContext | None:
     """The task this worker is running now, or None outside a handler."""
     return _current.get()
+
+
+_cancel_probe: list[object] = []  # set by the worker: a callable telling if a cancel was asked
+
+
+def cancel_requested() -> bool:
+    """True once ``supervisor tasks cancel`` (or ``Queue.cancel_task``) asked the running task
+    to stop. A handler that checks it can clean up and raise :class:`~supervisor.Cancelled`;
+    one that does not is killed after the cancel grace."""
+    probe = _cancel_probe[0] if _cancel_probe else None
+    return bool(probe()) if callable(probe) else False

@@ -71,6 +71,10 @@ class Retry(Exception):
         return (_rebuild_retry, (str(self), self.delay))
 
 
+class Cancelled(Exception):  # noqa: N818 - reads as ``raise Cancelled()``
+    """Raised by a handler that saw ``cancel_requested()``: the task ends ``cancelled``."""
+
+
 class Reject(Exception):  # noqa: N818 - reads as ``raise Reject("bad params")``
     """Raised by a handler whose input is invalid: the task goes dead at once, no retry."""
 

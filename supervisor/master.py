@@ -24,7 +24,7 @@ from loguru import logger
 
 from supervisor import compat, logs, osutil
 from supervisor import scoreboard as sb
-from supervisor.broker.base import REASON_SHUTDOWN, REASON_TIMEOUT, REASON_WORKER_LOST
+from supervisor.broker.base import REASON_CANCELLED, REASON_SHUTDOWN, REASON_TIMEOUT, REASON_WORKER_LOST
 from supervisor.broker.client import BrokerClient, format_address
 from supervisor.broker.memory import MemoryBroker
 from supervisor.broker.server import start_broker_process
@@ -199,6 +199,7 @@ class Master:
                 self.handle_signals(now)
                 self.reap_workers(now)
                 self.enforce_deadlines(now)
+                self.enforce_cancels(now)
                 self.check_liveness(now)
                 self.manage_workers(now)
                 self.advance_shutdown(now)
@@ -305,6 +306,8 @@ class Master:
             max_tasks_jitter=s.max_tasks_per_child_jitter,
             max_memory_bytes=s.max_memory_per_child * 1024 * 1024,
             max_payload_bytes=s.max_payload_bytes,
+            max_result_bytes=s.max_result_bytes,
+            heartbeat_timeout_s=s.heartbeat_timeout,
             close_fds=self.signals.fds(),
         )
         self.scoreboard.reset(slot, 0, now)
@@ -369,7 +372,8 @@ class Master:
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if w.kill_reason is not None:
             reason = w.kill_reason
-            broker_reason = {"timeout": REASON_TIMEOUT, "shutdown": REASON_SHUTDOWN}.get(
+            broker_reason = {"timeout": REASON_TIMEOUT, "shutdown": REASON_SHUTDOWN,
+                             "cancelled": REASON_CANCELLED}.get(
                 reason, REASON_WORKER_LOST
             )
             error = {
@@ -453,6 +457,35 @@ class Master:
                     w.pid,
                 )
                 self.kill_worker(w, "timeout")
+
+    def enforce_cancels(self, now: float) -> None:
+        """Tell workers whose task was cancelled; kill them once the cancel grace passed."""
+        if not self.broker_pid or self.state == STOPPED:
+            return
+        try:
+            pending = self.client.call("pending_cancels")
+        except BrokerError as exc:
+            self.log.error("could not read cancel requests: {}", exc)
+            return
+        if not pending:
+            return
+        by_consumer = {w.consumer: w for w in self.workers.values()}
+        wall = time.time()
+        for consumer, task_id, requested_at in pending:
+            w = by_consumer.get(consumer)
+            if w is None or w.kill_reason is not None:
+                continue
+            view = self.scoreboard.read(w.slot)
+            if view.task_id != task_id:
+                continue
+            log = self.log.bind(worker=w.slot, pid=w.pid, task_id=task_id)
+            if not view.cancel_request:
+                log.info("task {} cancelled: asking worker {} to stop it", task_id, w.pid)
+                self.scoreboard.request_cancel(w.slot)
+            if wall - requested_at >= self.settings.cancel_grace:
+                log.warning("task {} ignored its cancel for {:g} s: killing worker {}", task_id,
+                            self.settings.cancel_grace, w.pid)
+                self.kill_worker(w, "cancelled")
 
     def check_liveness(self, now: float) -> None:
         limit = self.settings.heartbeat_timeout

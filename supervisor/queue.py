@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 from supervisor import payload
 from supervisor.broker.memory import MemoryBroker
-from supervisor.errors import TaskError
+from supervisor.errors import PayloadError, TaskError
 from supervisor.registry import check_priority
 
-_TASK_KEYS = {"task_id", "type", "params", "priority", "delay", "eta"}
+_TASK_KEYS = {"task_id", "type", "params", "priority", "delay", "eta", "unique_key"}
 
 
 class Caller(Protocol):
@@ -79,6 +79,8 @@ def build_message(
         msg["delay"] = delay
     if task.get("task_id") is not None:
         msg["task_id"] = task["task_id"]
+    if task.get("unique_key") is not None:
+        msg["unique_key"] = task["unique_key"]
     return msg
 
 
@@ -87,6 +89,13 @@ def decode_message(msg: dict[str, Any]) -> dict[str, Any]:
     task = dict(msg)
     task["params"] = payload.loads(msg["params"], what=f"params of task {msg.get('task_id')}")
     return task
+
+
+def _decoded_or_raw(rec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return decode_message(rec)
+    except PayloadError:
+        return {**rec, "params": None}
 
 
 class Queue:
@@ -163,6 +172,26 @@ class Queue:
         return None if rec is None else decode_message(rec)
 
     get_task_state = get_task
+
+    def list_tasks(self, status: str | None = None, type: str | None = None,  # noqa: A002
+                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Task records, newest first, filtered by status, type and push time."""
+        rows = self._caller.call("list_tasks", status, type, since, limit)
+        return [_decoded_or_raw(r) for r in rows]
+
+    def get_queue_stats(self) -> dict[str, int]:
+        """Counts of task records by status."""
+        return dict(self._caller.call("get_queue_stats"))
+
+    def cancel_task(self, task_id: str) -> str:
+        """Cancel a task: ``cancelled`` (it was waiting: removed at once), ``cancelling`` (it is
+        running: its handler is asked to stop, then its worker is killed after a grace),
+        ``finished`` (too late) or ``unknown``. A cancelled task is not retried."""
+        return str(self._caller.call("cancel", task_id))
+
+    def purge(self, status: str, older_than_s: float) -> int:
+        """Delete finished records of ``status`` older than ``older_than_s``; return how many."""
+        return int(self._caller.call("purge", status, older_than_s))
 
     def retry_task(self, task_id: str) -> bool:
         return bool(self._caller.call("retry_task", task_id))

@@ -21,16 +21,18 @@ EXIT_REASONS = {NO_REASON: "", EXIT_SHUTDOWN: "shutdown", EXIT_RECYCLE_TASKS: "r
                 EXIT_RECYCLE_MEMORY: "recycle-memory", EXIT_PARENT_GONE: "parent-gone"}
 
 # pid, state, exit_reason, heartbeat, task_started, deadline, tasks_done, recycle_request,
-# task_id, task_type
-_FMT = struct.Struct("@qiidddqi100s100s4x")  # 256 bytes: records stay 8-aligned
+# task_id, task_type, cancel_request
+_FMT = struct.Struct("@qiidddqi100s100si")  # 256 bytes: records stay 8-aligned
 _NAMES = ("pid", "state", "exit_reason", "heartbeat", "task_started", "deadline", "tasks_done",
-          "recycle_request", "task_id", "task_type")
-_CODES = ("q", "i", "i", "d", "d", "d", "q", "i", "100s", "100s")
+          "recycle_request", "task_id", "task_type", "cancel_request")
+_CODES = ("q", "i", "i", "d", "d", "d", "q", "i", "100s", "100s", "i")
+# name -> (offset in the record, a compiled struct for that one field)
 _FIELDS = {
     name: (struct.calcsize("@" + "".join(_CODES[:i]) + code) - struct.calcsize("@" + code),
-           "@" + code)
+           struct.Struct("@" + code))
     for i, (name, code) in enumerate(zip(_NAMES, _CODES, strict=True))
 }
+assert _FMT.size == 256
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class SlotView:
     recycle_request: int
     task_id: str
     task_type: str
+    cancel_request: int = 0
 
     @property
     def state_name(self) -> str:
@@ -73,13 +76,18 @@ class Scoreboard:
         v = _FMT.unpack_from(self._mm, self._offset(slot))
         return SlotView(slot, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
                         v[8].rstrip(b"\0").decode(errors="replace"),
-                        v[9].rstrip(b"\0").decode(errors="replace"))
+                        v[9].rstrip(b"\0").decode(errors="replace"), v[10])
+
+    def field(self, slot: int, name: str) -> object:
+        """One field, without decoding the whole record (the worker's per-task checks)."""
+        offset, fmt = _FIELDS[name]
+        return fmt.unpack_from(self._mm, self._offset(slot) + offset)[0]
 
     def reset(self, slot: int, pid: int, now: float) -> None:
-        self._write(slot, (pid, BOOTING, NO_REASON, now, 0.0, 0.0, 0, 0, b"", b""))
+        self._write(slot, (pid, BOOTING, NO_REASON, now, 0.0, 0.0, 0, 0, b"", b"", 0))
 
     def clear(self, slot: int) -> None:
-        self._write(slot, (0, EMPTY, NO_REASON, 0.0, 0.0, 0.0, 0, 0, b"", b""))
+        self._write(slot, (0, EMPTY, NO_REASON, 0.0, 0.0, 0.0, 0, 0, b"", b"", 0))
 
     def _update(self, slot: int, **changes: object) -> None:
         # Field by field, never the whole record: the master writes recycle_request while the
@@ -87,7 +95,7 @@ class Scoreboard:
         base = self._offset(slot)
         for name, value in changes.items():
             offset, fmt = _FIELDS[name]
-            struct.pack_into(fmt, self._mm, base + offset, value)
+            fmt.pack_into(self._mm, base + offset, value)
 
     def heartbeat(self, slot: int, now: float, state: int = IDLE) -> None:
         self._update(slot, heartbeat=now, state=state)
@@ -95,7 +103,8 @@ class Scoreboard:
     def begin_task(self, slot: int, task_id: str, task_type: str, now: float,
                    deadline: float) -> None:
         self._update(slot, state=BUSY, heartbeat=now, task_started=now, deadline=deadline,
-                     task_id=task_id.encode()[:100], task_type=task_type.encode()[:100])
+                     task_id=task_id.encode()[:100], task_type=task_type.encode()[:100],
+                     cancel_request=0)
 
     def end_task(self, slot: int, now: float, tasks_done: int) -> None:
         self._update(slot, state=IDLE, heartbeat=now, task_started=0.0, deadline=0.0,
@@ -106,3 +115,7 @@ class Scoreboard:
 
     def request_recycle(self, slot: int) -> None:
         self._update(slot, recycle_request=1)
+
+    def request_cancel(self, slot: int) -> None:
+        """Ask the task running in ``slot`` to stop (it reads this with cancel_requested())."""
+        self._update(slot, cancel_request=1)

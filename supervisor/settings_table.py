@@ -1,6 +1,7 @@
 """The README's settings table, generated from :data:`supervisor.config.FIELDS`.
 
-``python -m supervisor.settings_table`` prints it; a test checks the README holds it verbatim.
+``python -m supervisor.settings_table`` prints it, ``... --update README.md`` rewrites it in
+place; a test checks the README holds it verbatim.
 """
 
 from __future__ import annotations
@@ -24,5 +25,20 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def update_readme(path: str) -> None:
+    """Replace the settings table in the README at ``path`` with a fresh one."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    start = text.index("| setting | flag |")
+    end = text.index("\n\n", start)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text[:start] + settings_table().rstrip("\n") + text[end:])
+
+
 if __name__ == "__main__":
-    print(settings_table(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        update_readme(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+    else:
+        print(settings_table(), end="")

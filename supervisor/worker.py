@@ -27,8 +27,15 @@ from supervisor import compat, logs, osutil, payload
 from supervisor import scoreboard as sb
 from supervisor.broker.base import Report
 from supervisor.broker.client import BrokerClient
-from supervisor.context import TaskContext, _current
-from supervisor.errors import ExitCode, PayloadError, Reject, Retry, SoftTimeLimitExceeded
+from supervisor.context import TaskContext, _cancel_probe, _current
+from supervisor.errors import (
+    Cancelled,
+    ExitCode,
+    PayloadError,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+)
 from supervisor.policy import recycle_after
 from supervisor.queue import Queue
 from supervisor.registry import TaskOptions, TaskRegistry
@@ -60,6 +67,8 @@ class Worker:
         max_tasks_jitter: int = 0,
         max_memory_bytes: int = 0,
         max_payload_bytes: int | None = None,
+        max_result_bytes: int = 1 << 20,
+        heartbeat_timeout_s: float = 30.0,
         close_fds: tuple[int, ...] = (),
     ) -> None:
         self.slot = slot
@@ -72,6 +81,10 @@ class Worker:
         self.max_tasks_conf = (max_tasks, max_tasks_jitter)
         self.max_memory_bytes = max_memory_bytes
         self.max_payload_bytes = max_payload_bytes
+        self.max_result_bytes = max_result_bytes
+        # Wait in the broker at most a third of the heartbeat timeout, so an idle worker is
+        # never mistaken for a hung one.
+        self.poll_s = min(POLL_S, heartbeat_timeout_s / 3)
         self.close_fds = close_fds
         self.stop = False
         self.tasks_done = 0
@@ -103,6 +116,7 @@ class Worker:
         self.client = BrokerClient(self.address, self.authkey)
         self.client.call("ping")
         compat.set_default_queue(Queue(self.client, max_payload_bytes=self.max_payload_bytes))
+        _cancel_probe[:] = [lambda: self.scoreboard.field(self.slot, "cancel_request") == 1]
         for hook in self.registry.on_worker_start:
             hook(self.slot)
         if self.max_memory_bytes:
@@ -164,7 +178,7 @@ class Worker:
             self.scoreboard.heartbeat(self.slot, time.monotonic())
             # A BrokerError here propagates: the worker exits non-zero, and the master retries
             # the task it could not report (or stops, if the broker itself is gone).
-            msg = self.client.call("exchange", self.consumer, report, POLL_S)
+            msg = self.client.call("exchange", self.consumer, report, self.poll_s)
             report = None
             if msg is None:
                 continue
@@ -182,7 +196,7 @@ class Worker:
     def recycle_reason(self) -> int:
         if self.max_tasks and self.tasks_done >= self.max_tasks:
             return sb.EXIT_RECYCLE_TASKS
-        if self.scoreboard.read(self.slot).recycle_request:
+        if self.scoreboard.field(self.slot, "recycle_request"):
             return sb.EXIT_RECYCLE_MEMORY
         if self.max_memory_bytes and self._proc.memory_info().rss > self.max_memory_bytes:
             return sb.EXIT_RECYCLE_MEMORY
@@ -228,43 +242,47 @@ class Worker:
             finally:
                 self._in_handler = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        except Reject as exc:
-            log.error("task rejected (dead, no retry): {}", exc)
-            return (task_id, "invalid", {"error": f"rejected: {exc}",
-                                         "traceback": traceback.format_exc()})
-        except Retry as exc:
-            log.info("task asked for a retry: {}", exc)
-            return (task_id, "retry", {"error": str(exc), "delay": exc.delay})
-        except SoftTimeLimitExceeded as exc:
-            log.warning("task timed out: {}", exc)
-            return (
-                task_id,
-                "failed",
-                {"reason": "timeout", "error": str(exc), "traceback": traceback.format_exc()},
-            )
-        except BaseException as exc:
-            log.warning("task failed: {}: {}", type(exc).__name__, exc)
-            return (
-                task_id,
-                "failed",
-                {
-                    "reason": "error",
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(),
-                },
-            )
+        except BaseException as exc:  # noqa: BLE001 - whatever the handler raised is the task's
+            return self.failure_report(task_id, exc, log)
         finally:
             _current.reset(token)
         log.debug("task succeeded in {:.3f} s", time.monotonic() - now)
-        return (task_id, "succeeded", _jsonable(result, log))
+        return self.result_report(task_id, task_type, result, log)
 
+    def failure_report(self, task_id: str, exc: BaseException, log: Any) -> Report:
+        """The report for a handler that raised ``exc``."""
+        tb = "".join(traceback.format_exception(exc))
+        if isinstance(exc, Cancelled) or _cancel_probe[0]():
+            log.info("task cancelled: {}", exc)
+            return (task_id, "cancelled", {"error": f"cancelled: {type(exc).__name__}: {exc}",
+                                           "traceback": tb})
+        if isinstance(exc, Reject):
+            log.error("task rejected (dead, no retry): {}", exc)
+            return (task_id, "invalid", {"error": f"rejected: {exc}", "traceback": tb})
+        if isinstance(exc, Retry):
+            log.info("task asked for a retry: {}", exc)
+            return (task_id, "retry", {"error": str(exc), "delay": exc.delay})
+        if isinstance(exc, SoftTimeLimitExceeded):
+            log.warning("task timed out: {}", exc)
+            return (task_id, "failed", {"reason": "timeout", "error": str(exc), "traceback": tb})
+        log.warning("task failed: {}: {}", type(exc).__name__, exc)
+        return (task_id, "failed", {"reason": "error", "error": f"{type(exc).__name__}: {exc}",
+                                    "traceback": tb})
 
-def _jsonable(result: Any, log: Any) -> Any:
-    if result is None or isinstance(result, str | int | float | bool):
-        return result
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError):
-        log.warning("result of type {} is not JSON-serializable; not kept", type(result).__name__)
-        return None
-    return result
+    def result_report(self, task_id: str, task_type: str, result: Any, log: Any) -> Report:
+        """Succeeded with a JSON-able result; a result over ``max_result_bytes`` is an error
+        that is not retried (the handler would produce it again)."""
+        if result is None or isinstance(result, bool | int | float):
+            return (task_id, "succeeded", result)
+        try:
+            size = len(json.dumps(result))
+        except (TypeError, ValueError):
+            log.warning("result of type {} is not JSON-serializable; not kept",
+                        type(result).__name__)
+            return (task_id, "succeeded", None)
+        if size > self.max_result_bytes:
+            error = (f"result of task type {task_type!r} is {size} bytes as JSON; the limit is "
+                     f"{self.max_result_bytes} (max_result_bytes)")
+            log.error("{}", error)
+            return (task_id, "invalid", {"error": error})
+        return (task_id, "succeeded", result)

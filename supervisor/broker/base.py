@@ -40,6 +40,7 @@ REASON_TIMEOUT = "timeout"
 REASON_WORKER_LOST = "worker_lost"
 REASON_INVALID = "invalid"
 REASON_RETRY = "retry"
+REASON_CANCELLED = "cancelled"  # a user cancelled it: finished as cancelled, never retried
 REASON_SHUTDOWN = "shutdown"  # killed by the shutdown: requeued, the attempt not counted
 
 

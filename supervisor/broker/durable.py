@@ -66,23 +66,31 @@ class DurableBroker(MemoryBroker):
         self._journal_rec(rec)
 
     # -- pushes wait for their commit --------------------------------------------------------
+    def _wait_mine(self) -> None:
+        """Wait for the commit of the last snapshot this thread wrote, if it wrote one."""
+        seq = getattr(self._tls, "seq", 0)
+        self._tls.seq = 0
+        if seq:
+            self._journal.wait(seq)
+
     def push(self, message: dict[str, Any]) -> str:
+        self._tls.seq = 0
         task_id = super().push(message)
-        self._journal.wait(self._tls.seq)
+        self._wait_mine()
         return task_id
 
     def push_many(self, messages: list[dict[str, Any]]) -> list[str]:
+        self._tls.seq = 0
         ids = super().push_many(messages)
-        if ids:
-            self._journal.wait(self._tls.seq)
+        self._wait_mine()
         return ids
 
     def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
         # The hand-out is committed before the consumer sees the task: a task that ran is never
         # found "queued" after a crash, so every re-run shows as an extra attempt.
+        self._tls.seq = 0
         msg = super().pop(consumer, wait_s)
-        if msg is not None:
-            self._journal.wait(self._tls.seq)
+        self._wait_mine()
         return msg
 
     def retry_task(self, task_id: str) -> bool:
@@ -91,9 +99,9 @@ class DurableBroker(MemoryBroker):
                 rec = self._journal.get(task_id)
                 if rec is not None and rec.status in base.FINAL_STATUSES:
                     self._finished[task_id] = rec  # evicted from memory: bring it back
+        self._tls.seq = 0
         ok = super().retry_task(task_id)
-        if ok:
-            self._journal.wait(self._tls.seq)
+        self._wait_mine()
         return ok
 
     # -- queries fall back to the database ---------------------------------------------------
@@ -115,6 +123,19 @@ class DurableBroker(MemoryBroker):
                 live = self._active.get(rec.task_id) or self._finished.get(rec.task_id)
                 out.append((live or rec).as_dict())
         return out
+
+    def cancel(self, task_id: str) -> str:
+        self._tls.seq = 0
+        outcome = super().cancel(task_id)
+        if outcome == "unknown" and self._journal.get(task_id) is not None:
+            return "finished"
+        if outcome == "cancelling":  # record the request: a restart must not retry the task
+            with self._cond:
+                rec = self._active.get(task_id)
+                if rec is not None:
+                    self._journal_rec(rec)
+        self._wait_mine()
+        return outcome
 
     def get_queue_stats(self) -> dict[str, int]:
         """Counts by status over every recorded task (the database's view)."""
@@ -145,6 +166,7 @@ class DurableBroker(MemoryBroker):
                 if rec.status == base.RUNNING:
                     rec.consumer = None
                     self._active[rec.task_id] = rec
+                    self._count(rec)  # tracked as running, so that _fail can move it
                     self._fail(rec, base.REASON_WORKER_LOST,
                                {"error": "the master stopped while the task was running"}, now)
                 else:

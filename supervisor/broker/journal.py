@@ -47,6 +47,7 @@ task_record = sa.Table(
     sa.Column("schedule_id", sa.String(64)),
     sa.Column("scheduled_at", sa.Float),
     sa.Column("unique_key", sa.String(200)),
+    sa.Column("cancel_requested_at", sa.Float),
     # One secondary index only: each one costs every journal commit (a push waits for it).
     # It serves recovery (active statuses), listing by status and purging by age.
     sa.Index("ix_task_record_status_pushed", "status", "pushed_at"),
@@ -67,7 +68,7 @@ def snapshot(rec: TaskRecord) -> dict[str, Any]:
         "result": None if rec.result is None else json.dumps(rec.result),
         "errors": json.dumps(rec.errors) if rec.errors else None,
         "schedule_id": rec.schedule_id, "scheduled_at": rec.scheduled_at,
-        "unique_key": getattr(rec, "unique_key", None),
+        "unique_key": rec.unique_key, "cancel_requested_at": rec.cancel_requested_at,
     }
 
 
@@ -86,6 +87,7 @@ def record_from_row(row: Any) -> TaskRecord:
         seq=int(m["seq"]), started_at=m["started_at"], finished_at=m["finished_at"],
         consumer=m["consumer"], result=json.loads(m["result"]) if m["result"] else None,
         errors=errors, schedule_id=m["schedule_id"], scheduled_at=m["scheduled_at"],
+        unique_key=m["unique_key"], cancel_requested_at=m["cancel_requested_at"],
     )
     if not 0 <= rec.priority <= 10 or rec.attempts < 0:
         raise ValueError(f"priority {rec.priority} or attempts {rec.attempts} out of range")

@@ -40,6 +40,15 @@ MAX_ID_LEN = 200
 MAX_WAIT_S = 3600.0  # longest single condition wait (a far eta must not overflow the timeout)
 
 
+def _unique_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN:
+        raise TaskError(f"unique_key must be a non-empty string of at most {MAX_ID_LEN} "
+                        f"characters, got {value!r}")
+    return value
+
+
 class MemoryBroker(Broker):
     def __init__(
         self,
@@ -59,6 +68,7 @@ class MemoryBroker(Broker):
         self._active: dict[str, TaskRecord] = {}
         self._finished: OrderedDict[str, TaskRecord] = OrderedDict()
         self._held: dict[str, str] = {}  # consumer -> task id
+        self._unique: dict[str, str] = {}  # unique key -> id of the live task holding it
         self._seq = 0
         self._dispatching = True
         self._types: dict[str, TaskOptions] | None = task_types
@@ -74,6 +84,10 @@ class MemoryBroker(Broker):
         self._scheduler_at: float | None = None  # broker clock of the last scheduler publish
         # Counts kept on every status change, so stats() is O(priorities), not O(records):
         # records in _active or _finished by status, and live ready entries by priority.
+        # _counted (task id -> the status it is counted under) makes un-counting a record that
+        # was put in place directly (journal recovery) a no-op; a record removed directly
+        # (purge) shows as a size mismatch, and the counts are rebuilt (see _check_counts).
+        self._counted: dict[str, str] = {}
         self._by_status: Counter[str] = Counter()
         self._ready_n = [0] * (PRIORITY_MAX + 1)
         self._front_seqs: set[int] = set()  # lane entries put back at the front (shutdown)
@@ -151,18 +165,33 @@ class MemoryBroker(Broker):
             task_id=task_id, type=task_type, params=params, priority=priority,
             status=base.QUEUED, pushed_at=now, eta=float(eta) if eta is not None else None,
             schedule_id=msg.get("schedule_id"), scheduled_at=msg.get("scheduled_at"),
+            unique_key=_unique_key(msg.get("unique_key")),
         )
 
     # -- counts (every status change of a tracked record goes through these) ----------------
     def _count(self, rec: TaskRecord) -> None:
+        self._counted[rec.task_id] = rec.status
         self._by_status[rec.status] += 1
         if rec.status == base.QUEUED:
             self._ready_n[rec.priority] += 1
 
     def _uncount(self, rec: TaskRecord) -> None:
-        self._by_status[rec.status] -= 1
-        if rec.status == base.QUEUED:
+        status = self._counted.pop(rec.task_id, None)
+        if status is None:
+            return  # never counted: put in place directly
+        self._by_status[status] -= 1
+        if status == base.QUEUED:
             self._ready_n[rec.priority] -= 1
+
+    def _check_counts(self) -> None:
+        """Rebuild the counts if records were added or removed behind ``_count`` (O(1) check)."""
+        if len(self._counted) == len(self._active) + len(self._finished):
+            return
+        self._counted = {}
+        self._by_status = Counter()
+        self._ready_n = [0] * (PRIORITY_MAX + 1)
+        for rec in (*self._active.values(), *self._finished.values()):
+            self._count(rec)
 
     def _move(self, rec: TaskRecord, status: str) -> None:
         self._uncount(rec)
@@ -181,6 +210,8 @@ class MemoryBroker(Broker):
         self._seq += 1
         rec.seq = self._seq
         self._active[rec.task_id] = rec
+        if rec.unique_key is not None:
+            self._unique[rec.unique_key] = rec.task_id
         if rec.eta is not None and rec.eta > self._clock():
             rec.status = delayed_status
             heapq.heappush(self._delayed, (rec.eta, rec.seq, rec.task_id))
@@ -197,9 +228,19 @@ class MemoryBroker(Broker):
             self._cond.notify()
         self._count(rec)
 
+    def _existing_unique(self, rec: TaskRecord) -> str | None:
+        """The id of the live task holding ``rec``'s unique key, if any."""
+        if rec.unique_key is None:
+            return None
+        holder = self._unique.get(rec.unique_key)
+        return holder if holder in self._active else None
+
     def push(self, message: dict[str, Any]) -> str:
         with self._cond:
             rec = self._validate(message)
+            existing = self._existing_unique(rec)
+            if existing is not None:
+                return existing
             self._enqueue(rec)
             self.counters[("pushed", rec.type, "")] += 1
             return rec.task_id
@@ -212,7 +253,11 @@ class MemoryBroker(Broker):
             ids = [r.task_id for r in recs]
             if len(set(ids)) != len(ids):
                 raise TaskError("push_many got the same task_id twice")
-            for rec in recs:
+            for i, rec in enumerate(recs):
+                existing = self._existing_unique(rec)
+                if existing is not None:
+                    ids[i] = existing
+                    continue
                 self._enqueue(rec)
                 self.counters[("pushed", rec.type, "")] += 1
             return ids
@@ -290,6 +335,8 @@ class MemoryBroker(Broker):
 
     # -- outcomes ----------------------------------------------------------------------------
     def _finish(self, rec: TaskRecord, status: str, now: float) -> None:
+        if rec.unique_key is not None and self._unique.get(rec.unique_key) == rec.task_id:
+            del self._unique[rec.unique_key]
         self._move(rec, status)
         rec.finished_at = now
         rec.consumer = None
@@ -311,6 +358,9 @@ class MemoryBroker(Broker):
         })
         rec.consumer = None
         rec.lease_until = None
+        if rec.cancel_requested_at is not None or reason == base.REASON_CANCELLED:
+            self._finish(rec, base.CANCELLED, now)  # whatever ended it: never retried
+            return
         if reason == base.REASON_SHUTDOWN:  # not the task's fault: put it back, uncounted
             rec.attempts = max(0, rec.attempts - 1)
             rec.errors.pop()
@@ -348,6 +398,8 @@ class MemoryBroker(Broker):
                 self._fail(rec, base.REASON_RETRY, detail or {}, now)
             elif outcome == "invalid":
                 self._fail(rec, base.REASON_INVALID, detail or {}, now)
+            elif outcome == base.CANCELLED:
+                self._fail(rec, base.REASON_CANCELLED, detail or {}, now)
             else:
                 reason = (detail or {}).get("reason", base.REASON_ERROR)
                 self._fail(rec, reason, detail or {}, now)
@@ -372,6 +424,7 @@ class MemoryBroker(Broker):
     def queue_size(self) -> int:
         with self._cond:
             self._promote(self._clock())
+            self._check_counts()
             return sum(self._ready_n)
 
     def _is_live(self, task_id: str, seq: int) -> bool:
@@ -391,8 +444,60 @@ class MemoryBroker(Broker):
             rec.attempts = 0
             rec.eta = None
             rec.finished_at = None
+            rec.cancel_requested_at = None
             self._enqueue(rec)  # takes it out of the finished records
             return True
+
+    def cancel(self, task_id: str) -> str:
+        """``cancelled`` (it was waiting), ``cancelling`` (it runs: its worker is told, then
+        killed after a grace), ``finished`` or ``unknown``. Never retried afterwards."""
+        with self._cond:
+            rec = self._active.get(task_id)
+            if rec is None:
+                return "finished" if task_id in self._finished else "unknown"
+            now = self._clock()
+            if rec.cancel_requested_at is None:
+                rec.cancel_requested_at = now
+            if rec.status == base.RUNNING:
+                return "cancelling"
+            self._finish(rec, base.CANCELLED, now)  # its lane entry goes stale
+            return base.CANCELLED
+
+    def pending_cancels(self) -> list[tuple[str, str, float]]:
+        """(consumer, task id, requested at) of running tasks a user cancelled."""
+        with self._cond:
+            return [(c, t, r.cancel_requested_at) for c, t in self._held.items()
+                    if (r := self._active.get(t)) is not None
+                    and r.cancel_requested_at is not None]
+
+    def list_tasks(self, status: str | None = None, task_type: str | None = None,
+                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Task records in memory, newest first (the durable broker reads its database)."""
+        with self._cond:
+            recs = [r for r in (*self._active.values(), *self._finished.values())
+                    if (status is None or r.status == status)
+                    and (task_type is None or r.type == task_type)
+                    and (since is None or r.pushed_at >= since)]
+            recs.sort(key=lambda r: r.pushed_at, reverse=True)
+            return [r.as_dict() for r in recs[: max(1, limit)]]
+
+    def get_queue_stats(self) -> dict[str, int]:
+        """Counts of the task records in memory by status."""
+        with self._cond:
+            return {s: n for s, n in self._by_status.items() if n}
+
+    def purge(self, status: str, older_than_s: float) -> int:
+        """Forget finished records of ``status`` that finished more than ``older_than_s`` ago."""
+        if status not in base.FINAL_STATUSES:
+            raise TaskError(f"only finished tasks can be purged "
+                            f"({', '.join(base.FINAL_STATUSES)}), got {status!r}")
+        with self._cond:
+            cutoff = self._clock() - older_than_s
+            old = [t for t, r in self._finished.items()
+                   if r.status == status and (r.finished_at or 0) < cutoff]
+            for t in old:
+                self._uncount(self._finished.pop(t))
+            return len(old)
 
     def held(self) -> dict[str, str]:
         """consumer -> task id, for every task being run now."""
@@ -426,6 +531,7 @@ class MemoryBroker(Broker):
         with self._cond:
             now = self._clock()
             self._promote(now)
+            self._check_counts()
             by_priority: dict[int, int] = {}
             oldest: dict[int, float] = {}
             for prio in range(PRIORITY_MIN, PRIORITY_MAX + 1):
@@ -490,23 +596,14 @@ class MemoryBroker(Broker):
             return sorted(self._types or ())
 
     def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
-        """The scheduler's counters, for metrics; it calls this after each tick (≤ 1 s).
-
-        ``doc`` keys, all optional: ``fires_total`` (int, cumulative: due times pushed),
-        ``misfires_total`` ({action: int}, cumulative: due times not pushed, by action:
-        ``skipped`` (too late), ``coalesced``, ``overlapped``), ``fire_lags_s`` (list of seconds
-        between due time and push, for the fires since the previous call: observed once into
-        the fire lag histogram), ``failures`` (consecutive failed ticks). Cumulative values may
-        restart from 0 when the scheduler restarts (Prometheus counters handle resets)."""
+        """The scheduler process's status document, about once a second (for ``status`` and
+        the metrics); see :func:`supervisor.scheduling.status.status_doc` for its keys. The
+        broker notes when it came, so a scheduler that stops reporting shows its age."""
         if not isinstance(doc, dict):
             raise TaskError(f"scheduler status must be a dict, got {type(doc).__name__}")
-        lags = doc.get("fire_lags_s") or ()
         with self._cond:
-            self._scheduler = {k: v for k, v in doc.items() if k != "fire_lags_s"}
+            self._scheduler = doc
             self._scheduler_at = self._clock()
-            for lag in lags:
-                if isinstance(lag, int | float) and math.isfinite(lag):
-                    self._events.append(("scheduler_fire", "", "", max(0.0, float(lag))))
 
     def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
         """The scheduler's last published doc and its age in seconds (None: never published)."""

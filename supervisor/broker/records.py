@@ -26,6 +26,8 @@ class TaskRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
     schedule_id: str | None = None
     scheduled_at: float | None = None
+    unique_key: str | None = None
+    cancel_requested_at: float | None = None
 
     def message(self) -> dict[str, Any]:
         """What a consumer receives (see :mod:`supervisor.broker.base`)."""
@@ -46,4 +48,5 @@ class TaskRecord:
             "error": last["error"] if last else None,
             "traceback": last["traceback"] if last else None,
             "schedule_id": self.schedule_id, "scheduled_at": self.scheduled_at,
+            "unique_key": self.unique_key, "cancel_requested_at": self.cancel_requested_at,
         }

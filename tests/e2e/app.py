@@ -171,3 +171,30 @@ def again(params: dict[str, Any]) -> int:
     if task.attempt == 1:
         raise Retry("not yet", delay=0.3)
     return task.attempt
+
+
+@app.task("big_result", timeout_s=10, max_retries=3)
+def big_result(params: dict[str, Any]) -> str:
+    return "x" * int(params["size"])
+
+
+@app.task("coop", timeout_s=120, max_retries=3)
+def coop(params: dict[str, Any]) -> str:
+    """Runs until cancelled, checking the flag like a well-behaved long task."""
+    from supervisor import Cancelled, cancel_requested
+
+    get_queue().set_public(params["key"], os.getpid())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if cancel_requested():
+            get_queue().set_public(params["key"] + ":cleanup", True)
+            raise Cancelled("stopping as asked")
+        time.sleep(0.01)
+    return "never cancelled"
+
+
+@app.task("stubborn", timeout_s=120, max_retries=3)
+def stubborn(params: dict[str, Any]) -> None:
+    """Ignores cancellation: its worker has to be killed."""
+    get_queue().set_public(params["key"], os.getpid())
+    time.sleep(3600)

@@ -183,3 +183,14 @@ def test_retry_exception_waits_its_delay(start_master):
     assert rec["result"] == 2
     assert rec["errors"][0]["reason"] == "retry"
     assert rec["started_at"] - rec["errors"][0]["at"] >= 0.3
+
+
+def test_result_over_the_cap_fails_with_a_clear_error(start_master):
+    m = start_master("--max-result-bytes", "1000", workers=1)
+    ok = m.wait_status(m.queue.push_task({"type": "big_result", "params": {"size": 10}}),
+                       "succeeded")
+    assert ok["result"] == "x" * 10
+    rec = m.wait_status(m.queue.push_task({"type": "big_result", "params": {"size": 5000}}),
+                        "dead")
+    assert rec["attempts"] == 1  # not retried: it would be as big again
+    assert "is 5002 bytes as JSON; the limit is 1000 (max_result_bytes)" in rec["error"]

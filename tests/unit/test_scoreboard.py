@@ -16,7 +16,9 @@ def test_record_layout_is_256_bytes() -> None:
     assert sb._FMT.size == 256
     offsets = [sb._FIELDS[n][0] for n in sb._NAMES]
     assert offsets == sorted(offsets) and offsets[0] == 0
-    assert offsets[-1] + 100 <= 256
+    ends = [sb._FIELDS[n][0] + sb._FIELDS[n][1].size for n in sb._NAMES]
+    assert all(end <= nxt for end, nxt in zip(ends, offsets[1:], strict=False))
+    assert ends[-1] <= 256
 
 
 def test_new_slots_are_empty() -> None:
@@ -111,3 +113,14 @@ def test_a_forked_child_writes_what_the_parent_reads() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     v = board.read(1)
     assert (v.task_id, v.state, v.deadline) == ("from-child", sb.BUSY, 6.0)
+
+
+def test_a_cancel_request_is_cleared_by_the_next_task() -> None:
+    board = Scoreboard(2)
+    board.reset(0, 10, 1.0)
+    board.begin_task(0, "a", "t", 1.0, 5.0)
+    board.request_cancel(0)
+    assert board.field(0, "cancel_request") == 1 and board.read(0).task_id == "a"
+    board.end_task(0, 2.0, 1)
+    board.begin_task(0, "b", "t", 2.0, 5.0)
+    assert board.field(0, "cancel_request") == 0

@@ -1,0 +1,119 @@
+"""``supervisor tasks``: list, show, cancel, retry, purge and count task records."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import time
+from typing import Any
+
+from supervisor.broker import base
+from supervisor.errors import SupervisorError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class UsageError(SupervisorError):
+    pass
+
+
+def parse_duration(text: str, what: str) -> float:
+    """'90', '90s', '15m', '12h', '7d', '2w' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    if not m:
+        raise UsageError(f"{what}: expected a duration like 90s, 15m, 12h or 7d, got {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def parse_since(text: str, now: float) -> float:
+    """A duration ago ('2h') or an ISO time ('2026-11-23T10:00') -> epoch seconds."""
+    try:
+        return now - parse_duration(text, "--since")
+    except UsageError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since: expected a duration (2h) or an ISO time, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return when.timestamp()
+
+
+def add_parser(sub: Any, client_flags: Any) -> None:
+    tasks = sub.add_parser("tasks", help="inspect, cancel and replay tasks")
+    tsub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    tlist = tsub.add_parser("list", help="task records, newest first")
+    tlist.add_argument("--status", choices=base.ACTIVE_STATUSES + base.FINAL_STATUSES)
+    tlist.add_argument("--type", dest="task_type", help="only this task type")
+    tlist.add_argument("--since", help="pushed within this duration (2h) or after an ISO time")
+    tlist.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    tlist.add_argument("--json", action="store_true", help="print JSON")
+    parsers = [tlist]
+    for name, text in (("show", "one task's record (JSON)"),
+                       ("cancel", "cancel a queued, delayed or running task"),
+                       ("retry", "queue a dead, failed or cancelled task again")):
+        p = tsub.add_parser(name, help=text)
+        p.add_argument("task_id")
+        parsers.append(p)
+    purge = tsub.add_parser("purge", help="delete finished records older than a duration")
+    purge.add_argument("--status", required=True, choices=base.FINAL_STATUSES)
+    purge.add_argument("--older-than", required=True, help="a duration: 90s, 15m, 12h, 7d")
+    stats = tsub.add_parser("stats", help="counts by status")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    for p in (*parsers, purge, stats):
+        client_flags(p)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run(args: argparse.Namespace, q: Any) -> int:
+    action = args.tasks_command
+    if action == "list":
+        since = parse_since(args.since, time.time()) if args.since else None
+        if args.limit < 1:
+            raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
+        rows = q.list_tasks(status=args.status, type=args.task_type, since=since,
+                            limit=args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2, default=repr, ensure_ascii=False))
+            return 0
+        print(f"{'TASK ID':<36}  {'TYPE':<16} {'STATUS':<10} {'ATT':>3}  {'PUSHED':<19}  ERROR")
+        for r in rows:
+            error = (r.get("error") or "").splitlines()[0][:60] if r.get("error") else ""
+            print(f"{r['task_id']:<36}  {r['type'][:16]:<16} {r['status']:<10} "
+                  f"{r['attempts']:>3}  {_when(r['pushed_at']):<19}  {error}")
+        return 0
+    if action == "show":
+        rec = q.get_task(args.task_id)
+        if rec is None:
+            print(f"task {args.task_id!r} is unknown", file=sys.stderr)
+            return 1
+        print(json.dumps(rec, indent=2, sort_keys=True, default=repr, ensure_ascii=False))
+        return 0
+    if action == "cancel":
+        outcome = q.cancel_task(args.task_id)
+        print(f"{args.task_id}: {outcome}")
+        return 0 if outcome in ("cancelled", "cancelling") else 1
+    if action == "retry":
+        if not q.retry_task(args.task_id):
+            print(f"task {args.task_id!r} is not dead or cancelled (or unknown)", file=sys.stderr)
+            return 1
+        print(args.task_id)
+        return 0
+    if action == "purge":
+        n = q.purge(args.status, parse_duration(args.older_than, "--older-than"))
+        print(f"purged {n} {args.status} task record(s)")
+        return 0
+    counts = q.get_queue_stats()
+    if args.json:
+        print(json.dumps(counts, indent=2, sort_keys=True))
+    else:
+        for status in (*base.ACTIVE_STATUSES, *base.FINAL_STATUSES):
+            print(f"{status:<10} {counts.get(status, 0):>8}")
+    return 0

@@ -1,0 +1,133 @@
+"""The durable broker in-process: journal, recovery, result TTL, corrupt rows (fake clock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from loguru import logger
+
+from supervisor.broker.durable import DurableBroker
+from supervisor.broker.journal import Journal, task_record
+from supervisor.registry import TaskOptions
+from supervisor.scheduling.models import make_engine
+
+pytestmark = pytest.mark.timeout(30)
+
+W = "worker:0:1"
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'journal.db'}"
+
+
+def open_broker(url: str, clock, **kw) -> DurableBroker:
+    opts = TaskOptions(timeout_s=10, max_retries=2, backoff_base_s=1, backoff_cap_s=1)
+    return DurableBroker(journal=Journal(make_engine(url), clock=clock), clock=clock,
+                         default_options=opts, **kw)
+
+
+def push(b: DurableBroker, **kw) -> str:
+    return b.push({"type": "t", "params": b"p", **kw})
+
+
+def test_restart_requeues_waiting_tasks_and_counts_running_ones_as_lost(url, clock):
+    b = open_broker(url, clock)
+    first, second = push(b), push(b, priority=9)
+    delayed = push(b, eta=clock() + 100)
+    assert b.pop(W)["task_id"] == second  # running when the "crash" comes
+    b.close()  # the journal is all that survives
+    b2 = open_broker(url, clock)
+    assert b2.recovered == 3
+    lost = b2.get_task(second)
+    assert lost["status"] == "retrying" and lost["attempts"] == 1
+    assert lost["errors"][0]["reason"] == "worker_lost"
+    assert b2.get_task(delayed)["status"] == "scheduled"
+    assert b2.pop(W)["task_id"] == first
+    clock.advance(101)
+    got = {b2.pop(f"worker:{i}:9")["task_id"] for i in range(2)}
+    assert got == {second, delayed}
+    stats = b2.stats()
+    assert stats["running"] == 3 and min(stats["by_status"].values()) >= 0
+    b2.close()
+
+
+def test_a_finished_task_stays_finished_and_unknown_ids_are_unknown(url, clock):
+    b = open_broker(url, clock, finished_records=0)  # nothing kept in memory: from the database
+    t = push(b)
+    m = b.pop(W)
+    b.report(W, (m["task_id"], "succeeded", {"answer": 42}))
+    b.close()
+    b2 = open_broker(url, clock, finished_records=0)
+    assert b2.recovered == 0
+    rec = b2.get_task(t)
+    assert rec["status"] == "succeeded" and rec["result"] == {"answer": 42}
+    assert b2.get_task("never-pushed") is None
+    assert b2.cancel("never-pushed") == "unknown" and b2.cancel(t) == "finished"
+    b2.close()
+
+
+def test_results_expire_after_their_ttl(url, clock):
+    b = open_broker(url, clock, result_ttl_s=60, failure_ttl_s=600)
+    ok, bad = push(b), push(b)
+    for tid in (ok, bad):
+        m = b.pop(W)
+        b.report(W, (m["task_id"], "succeeded", 1) if m["task_id"] == ok
+                 else (m["task_id"], "invalid", {"error": "no"}))
+    b._journal.sync()
+    clock.advance(59)
+    assert b.expire_results() == 0
+    clock.advance(2)
+    assert b.expire_results() == 1  # the success; the dead one has a longer ttl
+    b._finished.clear()
+    assert b.get_task(ok) is None and b.get_task(bad)["status"] == "dead"
+    clock.advance(600)
+    assert b.expire_results() == 1
+    b.close()
+
+
+def test_cancel_of_a_running_task_survives_a_restart(url, clock):
+    b = open_broker(url, clock)
+    t = push(b)
+    b.pop(W)
+    assert b.cancel(t) == "cancelling"
+    b.close()
+    b2 = open_broker(url, clock)
+    assert b2.get_task(t)["status"] == "cancelled"  # not retried after the crash
+    b2.close()
+
+
+def test_corrupt_rows_are_logged_and_skipped(url, clock, tmp_path: Path):
+    b = open_broker(url, clock)
+    good = push(b)
+    push(b)
+    b.close()
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(sa.select(task_record.c.task_id))]
+        bad = next(i for i in ids if i != good)
+        conn.execute(sa.update(task_record).where(task_record.c.task_id == bad)
+                     .values(errors="{not json", priority=99))
+        conn.exec_driver_sql(  # a row no release of ours would write: text where bytes belong
+            "INSERT INTO task_record (task_id, type, params, priority, status, attempts, seq, "
+            "pushed_at) VALUES ('garbage', 't', 'not bytes', 5, 'queued', 0, 99, 1.0)")
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="ERROR")
+    try:
+        b2 = open_broker(url, clock)
+    finally:
+        logger.remove(sink)
+    assert b2.recovered == 1 and b2.pop(W)["task_id"] == good
+    assert sum("corrupt task row" in line for line in lines) == 2
+    b2.close()
+
+
+def test_unique_key_is_restored_after_a_restart(url, clock):
+    b = open_broker(url, clock)
+    t = push(b, unique_key="k")
+    b.close()
+    b2 = open_broker(url, clock)
+    assert push(b2, unique_key="k") == t
+    b2.close()
