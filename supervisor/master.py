@@ -155,6 +155,7 @@ class Master:
                 address=self.run_files.address,
                 authkey=self.run_files.authkey,
                 make_broker=lambda: make_broker(s, self.options, default),
+                on_serve=self.http_hook(),
             )
         self.run_files.publish(address)
         self.client = BrokerClient(self.run_files.address, self.run_files.authkey, timeout_s=10.0)
@@ -176,6 +177,17 @@ class Master:
                     "on_master_start hook {} failed: {}", getattr(hook, "__name__", hook), exc
                 )
         self.manage_workers(self.clock())
+
+    def http_hook(self) -> Callable[[MemoryBroker], None] | None:
+        """The HTTP endpoints start in the broker process: this one never runs a thread."""
+        s = self.settings
+        if not s.metrics:
+            return None
+        from supervisor.observability.http import make_on_serve
+
+        return make_on_serve(host=s.metrics_host, port=s.metrics_port,
+                             scoreboard=self.scoreboard, run_dir=s.run_dir,
+                             graceful_timeout_s=s.graceful_timeout)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:

@@ -61,7 +61,7 @@ class RunFiles:
         _write_private(self.run_dir / PID_FILE, f"{os.getpid()}\n")
 
     def remove(self) -> None:
-        for name in (PID_FILE, ADDRESS_FILE, AUTHKEY_FILE):
+        for name in (PID_FILE, ADDRESS_FILE, AUTHKEY_FILE, "http_address"):
             with contextlib.suppress(OSError):
                 (self.run_dir / name).unlink()
         if isinstance(self.address, str):

@@ -24,6 +24,7 @@ from loguru import logger
 from sqlalchemy.engine import Engine
 
 from supervisor.broker.records import TaskRecord
+from supervisor.errors import SupervisorError
 from supervisor.policy import compute_backoff
 
 metadata = sa.MetaData()
@@ -52,6 +53,15 @@ task_record = sa.Table(
     # It serves recovery (active statuses), listing by status and purging by age.
     sa.Index("ix_task_record_status_pushed", "status", "pushed_at"),
 )
+
+task_schema = sa.Table(
+    "task_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+# 1: first release. 2: unique_key, cancel_requested_at. Columns added later must be nullable,
+# so that an older database is upgraded in place with ALTER TABLE ADD COLUMN.
+SCHEMA_VERSION = 2
 
 ACTIVE = ("scheduled", "queued", "running", "retrying")
 _COLUMNS = [c.name for c in task_record.columns]
@@ -135,8 +145,29 @@ class Journal:
         self.log = logger.bind(component="journal")
         self.commits = 0
 
-    def migrate(self) -> None:
-        metadata.create_all(self.engine)
+    def migrate(self) -> int:
+        """Create or upgrade the tables; refuse a database written by a newer release."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # serialize concurrent migrations
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305915)"))
+            metadata.create_all(conn)
+            current = conn.execute(sa.select(sa.func.max(task_schema.c.version))).scalar()
+            if current is not None and current > SCHEMA_VERSION:
+                raise SupervisorError(
+                    f"the task database has schema version {current}, newer than the "
+                    f"{SCHEMA_VERSION} this release supports; upgrade supervisor")
+            if current is None or current < SCHEMA_VERSION:
+                present = {c["name"] for c in sa.inspect(conn).get_columns("task_record")}
+                quote = conn.dialect.identifier_preparer.quote
+                for column in task_record.columns:
+                    if column.name not in present:
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE task_record ADD COLUMN {quote(column.name)} "
+                            f"{column.type.compile(dialect=conn.dialect)}")
+                        self.log.info("task database: added column {}", column.name)
+                conn.execute(task_schema.insert().values(version=SCHEMA_VERSION,
+                                                         applied_at=self.clock()))
+        return SCHEMA_VERSION
 
     # -- reading -----------------------------------------------------------------------------
     def load_active(self) -> list[TaskRecord]:

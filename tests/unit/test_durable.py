@@ -131,3 +131,32 @@ def test_unique_key_is_restored_after_a_restart(url, clock):
     b2 = open_broker(url, clock)
     assert push(b2, unique_key="k") == t
     b2.close()
+
+
+def test_an_older_task_database_is_upgraded_in_place(url, clock):
+    engine = make_engine(url)
+    with engine.begin() as conn:  # the first release's table: no unique_key, no cancel column
+        conn.exec_driver_sql(
+            "CREATE TABLE task_record (task_id VARCHAR(200) PRIMARY KEY, type VARCHAR(200) "
+            "NOT NULL, params BLOB NOT NULL, priority INTEGER NOT NULL, status VARCHAR(16) NOT "
+            "NULL, attempts INTEGER NOT NULL, seq BIGINT NOT NULL, eta FLOAT, pushed_at FLOAT "
+            "NOT NULL, started_at FLOAT, finished_at FLOAT, consumer VARCHAR(200), result TEXT, "
+            "errors TEXT, schedule_id VARCHAR(64), scheduled_at FLOAT)")
+        conn.exec_driver_sql(
+            "INSERT INTO task_record (task_id, type, params, priority, status, attempts, seq, "
+            "pushed_at) VALUES ('old', 't', x'80054e2e', 5, 'queued', 0, 1, 1.0)")
+    b = open_broker(url, clock)
+    assert b.recovered == 1 and b.pop(W)["task_id"] == "old"
+    b.close()
+
+
+def test_a_newer_task_database_is_refused(url, clock):
+    from supervisor.broker.journal import SCHEMA_VERSION, task_schema
+    from supervisor.errors import SupervisorError
+
+    j = Journal(make_engine(url), clock=clock)
+    j.migrate()
+    with j.engine.begin() as conn:
+        conn.execute(task_schema.insert().values(version=SCHEMA_VERSION + 1, applied_at=1.0))
+    with pytest.raises(SupervisorError, match="newer than the"):
+        open_broker(url, clock)
