@@ -114,6 +114,9 @@ FIELDS: tuple[Field, ...] = (
     Field("scheduler", bool, True, "run the scheduler (--no-scheduler: workers only)"),
     Field("metrics", bool, True, "serve /metrics, /livez and /readyz over HTTP"),
     Field("metrics_host", str, "127.0.0.1", "address the HTTP endpoints listen on"),
+    Field("api_token", str, None,
+          "bearer token for the JSON API's write calls (none: write calls refused)",
+          secret=True, nullable=True),
     Field("metrics_port", int, 9810,
           "port of the HTTP endpoints (0: any free port, see RUN_DIR/http_address)",
           minimum=0),
@@ -158,6 +161,7 @@ class Settings:
     scheduler: bool
     metrics: bool
     metrics_host: str
+    api_token: str | None
     metrics_port: int
     config_file: str | None = None
 

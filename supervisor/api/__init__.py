@@ -1,0 +1,1 @@
+"""The JSON HTTP API served beside /metrics (see :mod:`supervisor.api.routes`)."""
