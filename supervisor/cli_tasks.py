@@ -37,7 +37,9 @@ def parse_since(text: str, now: float) -> float:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--since: expected a duration (2h) or an ISO time, got {text!r}") from None
+        raise UsageError(
+            f"--since: expected a duration (2h) or an ISO time, got {text!r}"
+        ) from None
     if when.tzinfo is None:
         when = when.astimezone()
     return when.timestamp()
@@ -53,9 +55,11 @@ def add_parser(sub: Any, client_flags: Any) -> None:
     tlist.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     tlist.add_argument("--json", action="store_true", help="print JSON")
     parsers = [tlist]
-    for name, text in (("show", "one task's record (JSON)"),
-                       ("cancel", "cancel a queued, delayed or running task"),
-                       ("retry", "queue a dead, failed or cancelled task again")):
+    for name, text in (
+        ("show", "one task's record (JSON)"),
+        ("cancel", "cancel a queued, delayed or running task"),
+        ("retry", "queue a dead, failed or cancelled task again"),
+    ):
         p = tsub.add_parser(name, help=text)
         p.add_argument("task_id")
         parsers.append(p)
@@ -78,16 +82,17 @@ def run(args: argparse.Namespace, q: Any) -> int:
         since = parse_since(args.since, time.time()) if args.since else None
         if args.limit < 1:
             raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
-        rows = q.list_tasks(status=args.status, type=args.task_type, since=since,
-                            limit=args.limit)
+        rows = q.list_tasks(status=args.status, type=args.task_type, since=since, limit=args.limit)
         if args.json:
             print(json.dumps(rows, indent=2, default=repr, ensure_ascii=False))
             return 0
         print(f"{'TASK ID':<36}  {'TYPE':<16} {'STATUS':<10} {'ATT':>3}  {'PUSHED':<19}  ERROR")
         for r in rows:
             error = (r.get("error") or "").splitlines()[0][:60] if r.get("error") else ""
-            print(f"{r['task_id']:<36}  {r['type'][:16]:<16} {r['status']:<10} "
-                  f"{r['attempts']:>3}  {_when(r['pushed_at']):<19}  {error}")
+            print(
+                f"{r['task_id']:<36}  {r['type'][:16]:<16} {r['status']:<10} "
+                f"{r['attempts']:>3}  {_when(r['pushed_at']):<19}  {error}"
+            )
         return 0
     if action == "show":
         rec = q.get_task(args.task_id)

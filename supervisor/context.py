@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,12 +27,12 @@ def current_task() -> TaskContext | None:
     return _current.get()
 
 
-_cancel_probe: list[object] = []  # set by the worker: a callable telling if a cancel was asked
+# Set by the worker: a callable telling whether a cancel was asked for the running task.
+_cancel_probe: list[Callable[[], bool]] = []
 
 
 def cancel_requested() -> bool:
     """True once ``supervisor tasks cancel`` (or ``Queue.cancel_task``) asked the running task
     to stop. A handler that checks it can clean up and raise :class:`~supervisor.Cancelled`;
     one that does not is killed after the cancel grace."""
-    probe = _cancel_probe[0] if _cancel_probe else None
-    return bool(probe()) if callable(probe) else False
+    return bool(_cancel_probe[0]()) if _cancel_probe else False

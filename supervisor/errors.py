@@ -71,11 +71,11 @@ class Retry(Exception):
         return (_rebuild_retry, (str(self), self.delay))
 
 
-class Cancelled(Exception):  # noqa: N818 - reads as ``raise Cancelled()``
+class Cancelled(Exception):
     """Raised by a handler that saw ``cancel_requested()``: the task ends ``cancelled``."""
 
 
-class Reject(Exception):  # noqa: N818 - reads as ``raise Reject("bad params")``
+class Reject(Exception):
     """Raised by a handler whose input is invalid: the task goes dead at once, no retry."""
 
 

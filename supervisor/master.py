@@ -24,7 +24,12 @@ from loguru import logger
 
 from supervisor import compat, logs, osutil
 from supervisor import scoreboard as sb
-from supervisor.broker.base import REASON_CANCELLED, REASON_SHUTDOWN, REASON_TIMEOUT, REASON_WORKER_LOST
+from supervisor.broker.base import (
+    REASON_CANCELLED,
+    REASON_SHUTDOWN,
+    REASON_TIMEOUT,
+    REASON_WORKER_LOST,
+)
 from supervisor.broker.client import BrokerClient, format_address
 from supervisor.broker.memory import MemoryBroker
 from supervisor.broker.server import start_broker_process
@@ -67,9 +72,7 @@ class MasterStats:
     loop_lag_s: float = 0.0
 
 
-def make_broker(
-    s: Settings, options: dict[str, TaskOptions], default: TaskOptions
-) -> MemoryBroker:
+def make_broker(s: Settings, options: dict[str, TaskOptions], default: TaskOptions) -> MemoryBroker:
     """The broker for the settings (runs in the broker process, after the fork)."""
     common: dict[str, Any] = dict(
         task_types=options,
@@ -185,9 +188,13 @@ class Master:
             return None
         from supervisor.observability.http import make_on_serve
 
-        return make_on_serve(host=s.metrics_host, port=s.metrics_port,
-                             scoreboard=self.scoreboard, run_dir=s.run_dir,
-                             graceful_timeout_s=s.graceful_timeout)
+        return make_on_serve(
+            host=s.metrics_host,
+            port=s.metrics_port,
+            scoreboard=self.scoreboard,
+            run_dir=s.run_dir,
+            graceful_timeout_s=s.graceful_timeout,
+        )
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -384,10 +391,11 @@ class Master:
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if w.kill_reason is not None:
             reason = w.kill_reason
-            broker_reason = {"timeout": REASON_TIMEOUT, "shutdown": REASON_SHUTDOWN,
-                             "cancelled": REASON_CANCELLED}.get(
-                reason, REASON_WORKER_LOST
-            )
+            broker_reason = {
+                "timeout": REASON_TIMEOUT,
+                "shutdown": REASON_SHUTDOWN,
+                "cancelled": REASON_CANCELLED,
+            }.get(reason, REASON_WORKER_LOST)
             error = {
                 "timeout": f"hard timeout exceeded; worker killed ({how})",
                 "hung": f"worker hung; killed ({how})",
@@ -495,8 +503,12 @@ class Master:
                 log.info("task {} cancelled: asking worker {} to stop it", task_id, w.pid)
                 self.scoreboard.request_cancel(w.slot)
             if wall - requested_at >= self.settings.cancel_grace:
-                log.warning("task {} ignored its cancel for {:g} s: killing worker {}", task_id,
-                            self.settings.cancel_grace, w.pid)
+                log.warning(
+                    "task {} ignored its cancel for {:g} s: killing worker {}",
+                    task_id,
+                    self.settings.cancel_grace,
+                    w.pid,
+                )
                 self.kill_worker(w, "cancelled")
 
     def check_liveness(self, now: float) -> None:

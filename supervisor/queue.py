@@ -173,7 +173,7 @@ class Queue:
 
     get_task_state = get_task
 
-    def list_tasks(self, status: str | None = None, type: str | None = None,  # noqa: A002
+    def list_tasks(self, status: str | None = None, type: str | None = None,
                    since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Task records, newest first, filtered by status, type and push time."""
         rows = self._caller.call("list_tasks", status, type, since, limit)

@@ -27,7 +27,7 @@ from supervisor import compat, logs, osutil, payload
 from supervisor import scoreboard as sb
 from supervisor.broker.base import Report
 from supervisor.broker.client import BrokerClient
-from supervisor.context import TaskContext, _cancel_probe, _current
+from supervisor.context import TaskContext, _cancel_probe, _current, cancel_requested
 from supervisor.errors import (
     Cancelled,
     ExitCode,
@@ -242,7 +242,7 @@ class Worker:
             finally:
                 self._in_handler = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        except BaseException as exc:  # noqa: BLE001 - whatever the handler raised is the task's
+        except BaseException as exc:
             return self.failure_report(task_id, exc, log)
         finally:
             _current.reset(token)
@@ -252,10 +252,13 @@ class Worker:
     def failure_report(self, task_id: str, exc: BaseException, log: Any) -> Report:
         """The report for a handler that raised ``exc``."""
         tb = "".join(traceback.format_exception(exc))
-        if isinstance(exc, Cancelled) or _cancel_probe[0]():
+        if isinstance(exc, Cancelled) or cancel_requested():
             log.info("task cancelled: {}", exc)
-            return (task_id, "cancelled", {"error": f"cancelled: {type(exc).__name__}: {exc}",
-                                           "traceback": tb})
+            return (
+                task_id,
+                "cancelled",
+                {"error": f"cancelled: {type(exc).__name__}: {exc}", "traceback": tb},
+            )
         if isinstance(exc, Reject):
             log.error("task rejected (dead, no retry): {}", exc)
             return (task_id, "invalid", {"error": f"rejected: {exc}", "traceback": tb})
@@ -266,8 +269,11 @@ class Worker:
             log.warning("task timed out: {}", exc)
             return (task_id, "failed", {"reason": "timeout", "error": str(exc), "traceback": tb})
         log.warning("task failed: {}: {}", type(exc).__name__, exc)
-        return (task_id, "failed", {"reason": "error", "error": f"{type(exc).__name__}: {exc}",
-                                    "traceback": tb})
+        return (
+            task_id,
+            "failed",
+            {"reason": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": tb},
+        )
 
     def result_report(self, task_id: str, task_type: str, result: Any, log: Any) -> Report:
         """Succeeded with a JSON-able result; a result over ``max_result_bytes`` is an error
@@ -277,12 +283,15 @@ class Worker:
         try:
             size = len(json.dumps(result))
         except (TypeError, ValueError):
-            log.warning("result of type {} is not JSON-serializable; not kept",
-                        type(result).__name__)
+            log.warning(
+                "result of type {} is not JSON-serializable; not kept", type(result).__name__
+            )
             return (task_id, "succeeded", None)
         if size > self.max_result_bytes:
-            error = (f"result of task type {task_type!r} is {size} bytes as JSON; the limit is "
-                     f"{self.max_result_bytes} (max_result_bytes)")
+            error = (
+                f"result of task type {task_type!r} is {size} bytes as JSON; the limit is "
+                f"{self.max_result_bytes} (max_result_bytes)"
+            )
             log.error("{}", error)
             return (task_id, "invalid", {"error": error})
         return (task_id, "succeeded", result)

@@ -37,42 +37,73 @@ def _params(blob: Any) -> Any:
         value = pickle.loads(blob)
         json.dumps(value)
         return value
-    except Exception:  # noqa: BLE001 - params that are not plain data are shown, not decoded
+    except Exception:
         return {"_unreadable": f"{len(blob)} bytes of pickled params"}
 
 
 def task_summary(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: rec.get(k) for k in ("task_id", "type", "status", "priority", "attempts",
-                                    "pushed_at", "started_at", "finished_at", "eta", "error",
-                                    "schedule_id")}
+    return {
+        k: rec.get(k)
+        for k in (
+            "task_id",
+            "type",
+            "status",
+            "priority",
+            "attempts",
+            "pushed_at",
+            "started_at",
+            "finished_at",
+            "eta",
+            "error",
+            "schedule_id",
+        )
+    }
 
 
 def task_detail(rec: dict[str, Any]) -> dict[str, Any]:
     doc = task_summary(rec)
-    doc.update(params=_params(rec.get("params", b"")), result=rec.get("result"),
-               traceback=rec.get("traceback"), scheduled_at=rec.get("scheduled_at"),
-               unique_key=rec.get("unique_key"),
-               errors=[{k: e.get(k) for k in ("attempt", "reason", "at", "error", "exit_status")}
-                       for e in rec.get("errors", [])])
+    doc.update(
+        params=_params(rec.get("params", b"")),
+        result=rec.get("result"),
+        traceback=rec.get("traceback"),
+        scheduled_at=rec.get("scheduled_at"),
+        unique_key=rec.get("unique_key"),
+        errors=[
+            {k: e.get(k) for k in ("attempt", "reason", "at", "error", "exit_status")}
+            for e in rec.get("errors", [])
+        ],
+    )
     return doc
 
 
 class Api:
-    def __init__(self, broker: Any, *, token: str | None = None,
-                 schedules: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Any,
+        *,
+        token: str | None = None,
+        schedules: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.broker = broker
         self.token = token
         self.schedules = schedules
 
-    def handle(self, method: str, path: str, query: dict[str, list[str]],
-               authorization: str | None = None, body: bytes = b"") -> Response:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        authorization: str | None = None,
+        body: bytes = b"",
+    ) -> Response:
         try:
             return self._route(method, path.rstrip("/") or "/", query, authorization)
         except SupervisorError as exc:
             return 400, {"error": str(exc)}
 
-    def _route(self, method: str, path: str, query: dict[str, list[str]],
-               authorization: str | None) -> Response:
+    def _route(
+        self, method: str, path: str, query: dict[str, list[str]], authorization: str | None
+    ) -> Response:
         if path == "/api/openapi.json" and method == "GET":
             return 200, openapi()
         if path == "/api/tasks" and method == "GET":
@@ -81,8 +112,11 @@ class Api:
             return 200, {"by_status": self.broker.get_queue_stats(), "queue": self._queue()}
         if path == "/api/workers" and method == "GET":
             status = self.broker.master_status()
-            return 200, {"master_pid": status.get("pid"), "state": status.get("state"),
-                         "workers": status.get("workers", [])}
+            return 200, {
+                "master_pid": status.get("pid"),
+                "state": status.get("state"),
+                "workers": status.get("workers", []),
+            }
         if path == "/api/schedules" and method == "GET":
             if self.schedules is None:
                 return 404, {"error": "the scheduler is not enabled"}
@@ -111,7 +145,9 @@ class Api:
             return 200, {"task_id": task_id, "outcome": "queued"}
         known = self.broker.get_task(task_id) is not None
         return (409 if known else 404), {
-            "task_id": task_id, "outcome": "not retryable" if known else "unknown"}
+            "task_id": task_id,
+            "outcome": "not retryable" if known else "unknown",
+        }
 
     def _check_token(self, authorization: str | None) -> Response | None:
         if not self.token:
@@ -128,8 +164,7 @@ class Api:
 
         status = one("status")
         if status is not None and status not in _STATUSES:
-            return 400, {"error": f"status: expected one of {', '.join(_STATUSES)}, "
-                                  f"got {status!r}"}
+            return 400, {"error": f"status: expected one of {', '.join(_STATUSES)}, got {status!r}"}
         try:
             limit = int(one("limit") or 100)
             since = float(s) if (s := one("since")) is not None else None
@@ -142,6 +177,11 @@ class Api:
 
     def _queue(self) -> dict[str, Any]:
         s = self.broker.stats()
-        return {"ready": s["queued"], "scheduled": s["scheduled"], "retrying": s["retrying"],
-                "running": s["running"], "dispatching": s["dispatching"],
-                "by_priority": {str(k): v for k, v in s["by_priority"].items()}}
+        return {
+            "ready": s["queued"],
+            "scheduled": s["scheduled"],
+            "retrying": s["retrying"],
+            "running": s["running"],
+            "dispatching": s["dispatching"],
+            "by_priority": {str(k): v for k, v in s["by_priority"].items()},
+        }

@@ -112,8 +112,13 @@ class DurableBroker(MemoryBroker):
         rec = self._journal.get(task_id)
         return None if rec is None else rec.as_dict()
 
-    def list_tasks(self, status: str | None = None, task_type: str | None = None,
-                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_tasks(
+        self,
+        status: str | None = None,
+        task_type: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
         """Task records from the database, newest first (active ones as the broker sees them)."""
         self._journal.sync()
         rows = self._journal.query(status=status, task_type=task_type, since=since, limit=limit)
@@ -145,15 +150,21 @@ class DurableBroker(MemoryBroker):
     def purge(self, status: str, older_than_s: float) -> int:
         """Delete finished records of ``status`` that finished more than ``older_than_s`` ago."""
         if status not in base.FINAL_STATUSES:
-            raise TaskError(f"only finished tasks can be purged "
-                            f"({', '.join(base.FINAL_STATUSES)}), got {status!r}")
+            raise TaskError(
+                f"only finished tasks can be purged "
+                f"({', '.join(base.FINAL_STATUSES)}), got {status!r}"
+            )
         self._journal.sync()
         cutoff = self._clock() - older_than_s
-        n = self._journal.delete(sa.and_(task_record.c.status == status,
-                                         task_record.c.finished_at < cutoff))
+        n = self._journal.delete(
+            sa.and_(task_record.c.status == status, task_record.c.finished_at < cutoff)
+        )
         with self._cond:
-            for tid in [t for t, r in self._finished.items()
-                        if r.status == status and (r.finished_at or 0) < cutoff]:
+            for tid in [
+                t
+                for t, r in self._finished.items()
+                if r.status == status and (r.finished_at or 0) < cutoff
+            ]:
                 del self._finished[tid]
         return n
 
@@ -167,8 +178,12 @@ class DurableBroker(MemoryBroker):
                     rec.consumer = None
                     self._active[rec.task_id] = rec
                     self._count(rec)  # tracked as running, so that _fail can move it
-                    self._fail(rec, base.REASON_WORKER_LOST,
-                               {"error": "the master stopped while the task was running"}, now)
+                    self._fail(
+                        rec,
+                        base.REASON_WORKER_LOST,
+                        {"error": "the master stopped while the task was running"},
+                        now,
+                    )
                 else:
                     self._enqueue(rec)
         if recs:
@@ -184,12 +199,16 @@ class DurableBroker(MemoryBroker):
         now = self._clock()
         c = task_record.c
         try:
-            n = self._journal.delete(sa.or_(
-                sa.and_(c.status == base.SUCCEEDED, c.finished_at < now - self._result_ttl),
-                sa.and_(c.status.in_((base.DEAD, base.CANCELLED)),
-                        c.finished_at < now - self._failure_ttl),
-            ))
-        except Exception as exc:  # noqa: BLE001 - the janitor must never die
+            n = self._journal.delete(
+                sa.or_(
+                    sa.and_(c.status == base.SUCCEEDED, c.finished_at < now - self._result_ttl),
+                    sa.and_(
+                        c.status.in_((base.DEAD, base.CANCELLED)),
+                        c.finished_at < now - self._failure_ttl,
+                    ),
+                )
+            )
+        except Exception as exc:
             self.log.error("expiring old task records failed: {}", exc)
             return 0
         if n:

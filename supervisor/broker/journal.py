@@ -30,7 +30,8 @@ from supervisor.policy import compute_backoff
 metadata = sa.MetaData()
 
 task_record = sa.Table(
-    "task_record", metadata,
+    "task_record",
+    metadata,
     sa.Column("task_id", sa.String(200), primary_key=True),
     sa.Column("type", sa.String(200), nullable=False),
     sa.Column("params", sa.LargeBinary, nullable=False),
@@ -55,7 +56,8 @@ task_record = sa.Table(
 )
 
 task_schema = sa.Table(
-    "task_schema", metadata,
+    "task_schema",
+    metadata,
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("applied_at", sa.Float, nullable=False),
 )
@@ -70,15 +72,24 @@ _COLUMNS = [c.name for c in task_record.columns]
 def snapshot(rec: TaskRecord) -> dict[str, Any]:
     """The row for ``rec`` as it is now (taken under the broker's lock)."""
     return {
-        "task_id": rec.task_id, "type": rec.type, "params": rec.params,
-        "priority": rec.priority, "status": rec.status, "attempts": rec.attempts,
-        "seq": rec.seq, "eta": rec.eta, "pushed_at": rec.pushed_at,
-        "started_at": rec.started_at, "finished_at": rec.finished_at,
+        "task_id": rec.task_id,
+        "type": rec.type,
+        "params": rec.params,
+        "priority": rec.priority,
+        "status": rec.status,
+        "attempts": rec.attempts,
+        "seq": rec.seq,
+        "eta": rec.eta,
+        "pushed_at": rec.pushed_at,
+        "started_at": rec.started_at,
+        "finished_at": rec.finished_at,
         "consumer": rec.consumer,
         "result": None if rec.result is None else json.dumps(rec.result),
         "errors": json.dumps(rec.errors) if rec.errors else None,
-        "schedule_id": rec.schedule_id, "scheduled_at": rec.scheduled_at,
-        "unique_key": rec.unique_key, "cancel_requested_at": rec.cancel_requested_at,
+        "schedule_id": rec.schedule_id,
+        "scheduled_at": rec.scheduled_at,
+        "unique_key": rec.unique_key,
+        "cancel_requested_at": rec.cancel_requested_at,
     }
 
 
@@ -91,13 +102,24 @@ def record_from_row(row: Any) -> TaskRecord:
     if not isinstance(errors, list):
         raise TypeError("errors is not a list")
     rec = TaskRecord(
-        task_id=str(m["task_id"]), type=str(m["type"]), params=bytes(m["params"]),
-        priority=int(m["priority"]), status=str(m["status"]), pushed_at=float(m["pushed_at"]),
-        eta=None if m["eta"] is None else float(m["eta"]), attempts=int(m["attempts"]),
-        seq=int(m["seq"]), started_at=m["started_at"], finished_at=m["finished_at"],
-        consumer=m["consumer"], result=json.loads(m["result"]) if m["result"] else None,
-        errors=errors, schedule_id=m["schedule_id"], scheduled_at=m["scheduled_at"],
-        unique_key=m["unique_key"], cancel_requested_at=m["cancel_requested_at"],
+        task_id=str(m["task_id"]),
+        type=str(m["type"]),
+        params=bytes(m["params"]),
+        priority=int(m["priority"]),
+        status=str(m["status"]),
+        pushed_at=float(m["pushed_at"]),
+        eta=None if m["eta"] is None else float(m["eta"]),
+        attempts=int(m["attempts"]),
+        seq=int(m["seq"]),
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        consumer=m["consumer"],
+        result=json.loads(m["result"]) if m["result"] else None,
+        errors=errors,
+        schedule_id=m["schedule_id"],
+        scheduled_at=m["scheduled_at"],
+        unique_key=m["unique_key"],
+        cancel_requested_at=m["cancel_requested_at"],
     )
     if not 0 <= rec.priority <= 10 or rec.attempts < 0:
         raise ValueError(f"priority {rec.priority} or attempts {rec.attempts} out of range")
@@ -105,11 +127,10 @@ def record_from_row(row: Any) -> TaskRecord:
 
 
 def _upsert(engine: Engine) -> Any:
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(task_record)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(task_record)
     return stmt.on_conflict_do_update(
         index_elements=["task_id"],
         set_={c: stmt.excluded[c] for c in _COLUMNS if c != "task_id"},
@@ -139,7 +160,8 @@ class Journal:
             f"INSERT INTO task_record ({', '.join(_COLUMNS)}) "
             f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT(task_id) DO UPDATE SET "
             + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "task_id")
-            if engine.dialect.name == "sqlite" else None
+            if engine.dialect.name == "sqlite"
+            else None
         )
         self._raw: Any = None
         self.log = logger.bind(component="journal")
@@ -155,7 +177,8 @@ class Journal:
             if current is not None and current > SCHEMA_VERSION:
                 raise SupervisorError(
                     f"the task database has schema version {current}, newer than the "
-                    f"{SCHEMA_VERSION} this release supports; upgrade supervisor")
+                    f"{SCHEMA_VERSION} this release supports; upgrade supervisor"
+                )
             if current is None or current < SCHEMA_VERSION:
                 present = {c["name"] for c in sa.inspect(conn).get_columns("task_record")}
                 quote = conn.dialect.identifier_preparer.quote
@@ -163,10 +186,12 @@ class Journal:
                     if column.name not in present:
                         conn.exec_driver_sql(
                             f"ALTER TABLE task_record ADD COLUMN {quote(column.name)} "
-                            f"{column.type.compile(dialect=conn.dialect)}")
+                            f"{column.type.compile(dialect=conn.dialect)}"
+                        )
                         self.log.info("task database: added column {}", column.name)
-                conn.execute(task_schema.insert().values(version=SCHEMA_VERSION,
-                                                         applied_at=self.clock()))
+                conn.execute(
+                    task_schema.insert().values(version=SCHEMA_VERSION, applied_at=self.clock())
+                )
         return SCHEMA_VERSION
 
     # -- reading -----------------------------------------------------------------------------
@@ -179,14 +204,16 @@ class Journal:
                 try:
                     out.append(record_from_row(row))
                 except (ValueError, TypeError, KeyError) as exc:
-                    self.log.error("skipping corrupt task row {!r}: {}",
-                                   row._mapping.get("task_id"), exc)
+                    self.log.error(
+                        "skipping corrupt task row {!r}: {}", row._mapping.get("task_id"), exc
+                    )
         return out
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(task_record).where(task_record.c.task_id == task_id)).first()
+                sa.select(task_record).where(task_record.c.task_id == task_id)
+            ).first()
         if row is None:
             return None
         try:
@@ -195,8 +222,14 @@ class Journal:
             self.log.error("task row {!r} is corrupt: {}", task_id, exc)
             return None
 
-    def query(self, *, status: str | None = None, task_type: str | None = None,
-              since: float | None = None, limit: int = 100) -> list[TaskRecord]:
+    def query(
+        self,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[TaskRecord]:
         q = sa.select(task_record)
         if status:
             q = q.where(task_record.c.status == status)
@@ -269,8 +302,12 @@ class Journal:
         total = 0
         while True:
             with self.engine.begin() as conn:
-                ids = [r[0] for r in conn.execute(
-                    sa.select(task_record.c.task_id).where(where).limit(batch))]
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(task_record.c.task_id).where(where).limit(batch)
+                    )
+                ]
                 if not ids:
                     return total
                 conn.execute(sa.delete(task_record).where(task_record.c.task_id.in_(ids)))
@@ -327,7 +364,7 @@ class Journal:
                 try:
                     self._flush()
                     failures = 0
-                except Exception as exc:  # noqa: BLE001 - keep the batch and retry with backoff
+                except Exception as exc:
                     failures += 1
                     delay = compute_backoff(failures, base_s=0.05, cap_s=5.0, jitter=False)
                     self.log.error("journal commit failed (retrying in {:.2f} s): {}", delay, exc)
@@ -357,6 +394,6 @@ class Journal:
         if self._raw is not None:
             try:
                 self._raw.close()
-            except Exception:  # noqa: BLE001 - it is being thrown away
+            except Exception:
                 pass
             self._raw = None

@@ -41,13 +41,18 @@ def test_kill9_of_the_whole_tree_loses_no_task(start_master, tmp_path: Path):
     )
     for round_no in range(5):
         target = min(1900, sum(_lines(path).values()) + rng.randint(20, 250))
-        wait_until(lambda t=target: sum(_lines(path).values()) >= t, 60,
-                   what=f"round {round_no}: {target} executions")
+        wait_until(
+            lambda t=target: sum(_lines(path).values()) >= t,
+            60,
+            what=f"round {round_no}: {target} executions",
+        )
         _kill_tree(m)
         m = start_master(workers=2, database=db)
     stats = wait_until(
         lambda: (s := m.queue._caller.call("get_queue_stats")).get("succeeded") == 2000 and s,
-        120, what="all 2000 tasks to succeed after the restarts")
+        120,
+        what="all 2000 tasks to succeed after the restarts",
+    )
     assert stats == {"succeeded": 2000}
     runs = _lines(path)
     assert set(runs) == set(ids)  # nothing lost, nothing invented

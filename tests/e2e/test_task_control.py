@@ -17,9 +17,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _cli(m, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "supervisor", *args, "--run-dir", str(m.run_dir)],
-                          capture_output=True, text=True, timeout=30, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args, "--run-dir", str(m.run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
 
 
 def test_cancel_queued_and_delayed_tasks_removes_them_at_once(start_master):
@@ -71,9 +76,17 @@ print(json.dumps([q.push_task({"type": "long", "params": {"seconds": 0.5, "key":
 
 def test_unique_key_under_concurrent_pushes_from_several_processes(start_master):
     m = start_master(workers=1)
-    procs = [subprocess.Popen([sys.executable, "-c", UNIQUE_PUSHER, str(m.run_dir)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                              env=dict(os.environ, PYTHONPATH=str(REPO))) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", UNIQUE_PUSHER, str(m.run_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        for _ in range(4)
+    ]
     ids = set()
     results = [p.communicate(timeout=60) for p in procs]  # reap all before asserting
     for p, (out, err) in zip(procs, results, strict=True):

@@ -32,9 +32,24 @@ def check(status: int, doc: Any, path: str, method: str = "get") -> Any:
 @pytest.fixture
 def broker(clock) -> MemoryBroker:
     b = MemoryBroker(clock=clock)
-    b.publish_status({"pid": 7, "state": "running", "workers": [
-        {"slot": 0, "pid": 8, "state": "idle", "task_id": None, "task_type": None,
-         "running_s": None, "tasks_done": 3, "uptime_s": 1.5}]})
+    b.publish_status(
+        {
+            "pid": 7,
+            "state": "running",
+            "workers": [
+                {
+                    "slot": 0,
+                    "pid": 8,
+                    "state": "idle",
+                    "task_id": None,
+                    "task_type": None,
+                    "running_s": None,
+                    "tasks_done": 3,
+                    "uptime_s": 1.5,
+                }
+            ],
+        }
+    )
     return b
 
 
@@ -47,9 +62,20 @@ def test_the_spec_itself_is_valid_openapi():
 
 
 def test_read_calls(broker):
-    api = Api(broker, schedules=lambda: [{"task_id": "s1", "name": "n", "task_type": "t",
-                                          "schedule_type": "interval", "enabled": True,
-                                          "next_run_at": 5.0, "run_count": 0}])
+    api = Api(
+        broker,
+        schedules=lambda: [
+            {
+                "task_id": "s1",
+                "name": "n",
+                "task_type": "t",
+                "schedule_type": "interval",
+                "enabled": True,
+                "next_run_at": 5.0,
+                "run_count": 0,
+            }
+        ],
+    )
     t = push(broker, {"n": 1})
     done = push(broker)
     m = broker.pop(W)

@@ -25,8 +25,9 @@ def url(tmp_path: Path) -> str:
 
 def open_broker(url: str, clock, **kw) -> DurableBroker:
     opts = TaskOptions(timeout_s=10, max_retries=2, backoff_base_s=1, backoff_cap_s=1)
-    return DurableBroker(journal=Journal(make_engine(url), clock=clock), clock=clock,
-                         default_options=opts, **kw)
+    return DurableBroker(
+        journal=Journal(make_engine(url), clock=clock), clock=clock, default_options=opts, **kw
+    )
 
 
 def push(b: DurableBroker, **kw) -> str:
@@ -72,10 +73,14 @@ def test_a_finished_task_stays_finished_and_unknown_ids_are_unknown(url, clock):
 def test_results_expire_after_their_ttl(url, clock):
     b = open_broker(url, clock, result_ttl_s=60, failure_ttl_s=600)
     ok, bad = push(b), push(b)
-    for tid in (ok, bad):
+    for _ in (ok, bad):
         m = b.pop(W)
-        b.report(W, (m["task_id"], "succeeded", 1) if m["task_id"] == ok
-                 else (m["task_id"], "invalid", {"error": "no"}))
+        b.report(
+            W,
+            (m["task_id"], "succeeded", 1)
+            if m["task_id"] == ok
+            else (m["task_id"], "invalid", {"error": "no"}),
+        )
     b._journal.sync()
     clock.advance(59)
     assert b.expire_results() == 0
@@ -108,11 +113,15 @@ def test_corrupt_rows_are_logged_and_skipped(url, clock, tmp_path: Path):
     with engine.begin() as conn:
         ids = [r[0] for r in conn.execute(sa.select(task_record.c.task_id))]
         bad = next(i for i in ids if i != good)
-        conn.execute(sa.update(task_record).where(task_record.c.task_id == bad)
-                     .values(errors="{not json", priority=99))
+        conn.execute(
+            sa.update(task_record)
+            .where(task_record.c.task_id == bad)
+            .values(errors="{not json", priority=99)
+        )
         conn.exec_driver_sql(  # a row no release of ours would write: text where bytes belong
             "INSERT INTO task_record (task_id, type, params, priority, status, attempts, seq, "
-            "pushed_at) VALUES ('garbage', 't', 'not bytes', 5, 'queued', 0, 99, 1.0)")
+            "pushed_at) VALUES ('garbage', 't', 'not bytes', 5, 'queued', 0, 99, 1.0)"
+        )
     lines: list[str] = []
     sink = logger.add(lines.append, level="ERROR")
     try:
@@ -141,10 +150,12 @@ def test_an_older_task_database_is_upgraded_in_place(url, clock):
             "NOT NULL, params BLOB NOT NULL, priority INTEGER NOT NULL, status VARCHAR(16) NOT "
             "NULL, attempts INTEGER NOT NULL, seq BIGINT NOT NULL, eta FLOAT, pushed_at FLOAT "
             "NOT NULL, started_at FLOAT, finished_at FLOAT, consumer VARCHAR(200), result TEXT, "
-            "errors TEXT, schedule_id VARCHAR(64), scheduled_at FLOAT)")
+            "errors TEXT, schedule_id VARCHAR(64), scheduled_at FLOAT)"
+        )
         conn.exec_driver_sql(
             "INSERT INTO task_record (task_id, type, params, priority, status, attempts, seq, "
-            "pushed_at) VALUES ('old', 't', x'80054e2e', 5, 'queued', 0, 1, 1.0)")
+            "pushed_at) VALUES ('old', 't', x'80054e2e', 5, 'queued', 0, 1, 1.0)"
+        )
     b = open_broker(url, clock)
     assert b.recovered == 1 and b.pop(W)["task_id"] == "old"
     b.close()

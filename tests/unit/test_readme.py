@@ -17,7 +17,9 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_settings_table_is_generated_from_the_config_fields():
-    assert settings_table() in README, "run `python -m supervisor.settings_table --update README.md`"
+    assert settings_table() in README, (
+        "run `python -m supervisor.settings_table --update README.md`"
+    )
 
 
 def test_every_exit_code_is_documented_with_its_name():
