@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
             _client_flags(p)
 
     cli_tasks.add_parser(sub, _client_flags)
+    from supervisor.scheduling import cli as schedules_cli
+
+    schedules_cli.add_subparser(sub)
     return parser
 
 
@@ -133,7 +136,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.critical("{}", exc)
         return int(ExitCode.APP_IMPORT)
     log.debug("settings: {}", settings.public_dict())
-    return Master(settings=settings, registry=registry, reload_settings=reload).run()
+    def declared(s: Settings) -> list[Any]:
+        """Schedules from the config file's [[schedules]] and the app's SCHEDULES."""
+        from supervisor.config import read_config_file
+        from supervisor.scheduling.config import (
+            merge_declared,
+            schedules_from_app,
+            schedules_from_config,
+        )
+
+        names = registry.names()
+        doc = read_config_file(s.config_file) if s.config_file else {}
+        return merge_declared(schedules_from_config(doc, known_task_types=names),
+                              schedules_from_app(s.app or "", known_task_types=names))
+
+    if settings.scheduler:
+        declared(settings)  # a bad schedule is a usage error now, not a surprise later
+    return Master(settings=settings, registry=registry, reload_settings=reload,
+                  declared_schedules=declared).run()
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -217,12 +237,19 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return cli_tasks.run(args, _connect(args))
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from supervisor.scheduling import cli as schedules_cli
+
+    return schedules_cli.run(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "push": cmd_push,
     "status": cmd_status,
     "store": cmd_store,
     "tasks": cmd_tasks,
+    "schedules": cmd_schedules,
 }
 
 

@@ -39,6 +39,7 @@ from supervisor.policy import RestartBreaker, SlotBackoff
 from supervisor.queue import Queue
 from supervisor.registry import TaskOptions, TaskRegistry
 from supervisor.runfiles import RunFiles
+from supervisor.scheduler_child import SchedulerChild
 from supervisor.signals import SignalQueue
 from supervisor.worker import Worker
 
@@ -114,11 +115,14 @@ class Master:
         settings: Settings,
         registry: TaskRegistry,
         reload_settings: Callable[[], Settings] | None = None,
+        declared_schedules: Callable[[Settings], list[Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.reload_settings = reload_settings
+        self.declared_schedules = declared_schedules
+        self.scheduler_process: SchedulerChild | None = None
         self.clock = clock
         self.log = logger.bind(component="master")
         self.state = RUNNING
@@ -179,7 +183,30 @@ class Master:
                 self.log.opt(exception=exc).error(
                     "on_master_start hook {} failed: {}", getattr(hook, "__name__", hook), exc
                 )
+        if s.scheduler:
+            self.scheduler_process = SchedulerChild(self.make_scheduler)
+            self.scheduler_process.start(self.clock())
         self.manage_workers(self.clock())
+
+    def make_scheduler(self) -> Any:
+        """A SchedulerProcess for the current settings (built in the master, forked later)."""
+        from supervisor.scheduling.process import SchedulerProcess
+
+        s = self.settings
+        declared = None
+        if self.declared_schedules is not None:
+            try:
+                declared = self.declared_schedules(s)
+            except SupervisorError as exc:  # only after a HUP: the start checked them
+                self.log.error("declared schedules not reloaded: {}", exc)
+        return SchedulerProcess(
+            database_url=s.database,
+            address=self.run_files.address,
+            authkey=self.run_files.authkey,
+            task_types=self.registry.names(),
+            config_schedules=declared,
+            close_fds=self.signals.fds(),
+        )
 
     def http_hook(self) -> Callable[[MemoryBroker], None] | None:
         """The HTTP endpoints start in the broker process: this one never runs a thread."""
@@ -243,6 +270,9 @@ class Master:
                 timeout = min(timeout, st.spawn_after - now)
         if self.state == DRAINING:
             timeout = min(timeout, self.drain_deadline - now)
+        if self.scheduler_process is not None:
+            wake = self.scheduler_process.next_wake(now)
+            timeout = timeout if wake is None else min(timeout, wake)
         self.signals.wait(max(0.0, timeout))
 
     # -- signals -----------------------------------------------------------------------------
@@ -304,6 +334,8 @@ class Master:
             )
         except BrokerError as exc:
             self.log.error("SIGHUP: broker not reconfigured: {}", exc)
+        if self.scheduler_process is not None:
+            self.scheduler_process.restart()  # the new one upserts the reloaded schedules
         self.replace_pids = {pid for pid, w in self.workers.items() if not w.retiring}
         self.log.info(
             "SIGHUP: configuration reloaded; replacing {} worker(s) one by one",
@@ -368,6 +400,9 @@ class Master:
                 return
             if pid == self.broker_pid:
                 self.on_broker_exit(status)
+                continue
+            if self.scheduler_process is not None and pid == self.scheduler_process.pid:
+                self.scheduler_process.on_exit(status, now)
                 continue
             w = self.workers.pop(pid, None)
             if w is None:
@@ -544,6 +579,8 @@ class Master:
     def manage_workers(self, now: float) -> None:
         if self.state != RUNNING:
             return
+        if self.scheduler_process is not None:
+            self.scheduler_process.tick(now)
         self._rolling_replace(now)
         active = [w for w in self.workers.values() if not w.retiring and w.kill_reason is None]
         wanted = self.desired + (1 if self.surge_pid in self.workers else 0)
@@ -591,6 +628,8 @@ class Master:
     # -- shutdown ----------------------------------------------------------------------------
     def begin_drain(self, now: float) -> None:
         self.state = DRAINING
+        if self.scheduler_process is not None:
+            self.scheduler_process.stop()  # no new fires while we drain
         self.drain_deadline = now + self.settings.graceful_timeout
         self._set_dispatching(False)
         for w in list(self.workers.values()):
@@ -598,6 +637,8 @@ class Master:
 
     def begin_fast(self) -> None:
         self.state = STOPPING
+        if self.scheduler_process is not None:
+            self.scheduler_process.stop(kill=True)
         self._set_dispatching(False)
         self.kill_all(REASON_SHUTDOWN)
 
@@ -616,8 +657,11 @@ class Master:
             )
             self.state = STOPPING
             self.kill_all(REASON_SHUTDOWN)
-        if self.state in (DRAINING, STOPPING) and not self.workers:
+        scheduler_alive = self.scheduler_process is not None and self.scheduler_process.pid
+        if self.state in (DRAINING, STOPPING) and not self.workers and not scheduler_alive:
             self.state = STOPPED
+        elif self.state == STOPPING and not self.workers and scheduler_alive:
+            self.scheduler_process.stop(kill=True)  # type: ignore[union-attr]
 
     def reap_blocking(self, timeout_s: float) -> None:
         deadline = self.clock() + timeout_s
