@@ -60,11 +60,10 @@ def make_broker(s: Settings, options: dict[str, TaskOptions], default: TaskOptio
     if s.durability == "none":
         return MemoryBroker(**common)
     from supervisor.broker.durable import DurableBroker
-    from supervisor.broker.journal import Journal
-    from supervisor.scheduling.models import make_engine
+    from supervisor.broker.tasklog import open_journal
 
     return DurableBroker(
-        journal=Journal(make_engine(s.database)),
+        journal=open_journal(s.database, run_dir=s.run_dir),
         result_ttl_s=s.result_ttl,
         failure_ttl_s=s.failure_ttl,
         **common,

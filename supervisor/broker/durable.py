@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from loguru import logger
 
 from supervisor.broker import base
-from supervisor.broker.journal import Journal, snapshot, task_record
+from supervisor.broker.journal import snapshot, task_record
+from supervisor.broker.tasklog import Journal
 from supervisor.broker.memory import MemoryBroker
 from supervisor.broker.records import TaskRecord
 from supervisor.errors import TaskError
@@ -49,7 +50,11 @@ class DurableBroker(MemoryBroker):
 
     # -- journal hooks (all called with the broker's lock held) ------------------------------
     def _journal_rec(self, rec: TaskRecord) -> None:
-        self._tls.seq = self._journal.write(snapshot(rec))
+        batch = getattr(self._tls, "batch", None)
+        if batch is not None:  # inside exchange(): one write for the report and the hand-out
+            batch.append(snapshot(rec))
+        else:
+            self._tls.seq = self._journal.write(snapshot(rec))
 
     def _enqueue(self, rec: TaskRecord, **options: Any) -> None:
         super()._enqueue(rec, **options)
@@ -93,6 +98,24 @@ class DurableBroker(MemoryBroker):
         self._wait_mine()
         return msg
 
+    def exchange(
+        self, consumer: str, report: Any, wait_s: float | None
+    ) -> dict[str, Any] | None:
+        # The worker's hot path: the outcome of its last task and the hand-out of the next are
+        # journaled in one write, under the broker's (reentrant) lock so that the log keeps the
+        # broker's order. Only when nothing is ready does it wait, as a plain pop.
+        with self._cond:
+            self._tls.batch = []
+            try:
+                if report is not None:
+                    self.report(consumer, report)
+                msg = super().pop(consumer, 0.0)
+            finally:
+                rows, self._tls.batch = self._tls.batch, None
+                if rows:
+                    self._journal.write_many(rows)
+        return msg if msg is not None else self.pop(consumer, wait_s)
+
     def retry_task(self, task_id: str) -> bool:
         with self._cond:
             if task_id not in self._finished:
@@ -120,7 +143,6 @@ class DurableBroker(MemoryBroker):
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Task records from the database, newest first (active ones as the broker sees them)."""
-        self._journal.sync()
         rows = self._journal.query(status=status, task_type=task_type, since=since, limit=limit)
         out = []
         with self._cond:
@@ -144,7 +166,6 @@ class DurableBroker(MemoryBroker):
 
     def get_queue_stats(self) -> dict[str, int]:
         """Counts by status over every recorded task (the database's view)."""
-        self._journal.sync()
         return self._journal.counts()
 
     def purge(self, status: str, older_than_s: float) -> int:

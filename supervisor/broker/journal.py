@@ -1,14 +1,8 @@
-"""The task journal: every task the broker accepts, and each change of its state, in SQL.
+"""The task table: every task record in SQL (``task_record``), and the rows' encoding.
 
-Why a journal and not a database-backed queue: the queue itself stays in memory (fast, exact
-priority order); the journal only has to be good enough to rebuild it after a crash. One writer
-thread takes state snapshots in order and commits them in groups (every snapshot waiting at the
-time goes into one transaction), so a burst of pushes costs one commit, not one each. A push
-returns only once its snapshot is committed; a worker's outcome does not wait (if the master dies
-first, the task runs again as a visible extra attempt).
-
-SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed
-(``kill -9``, OOM), not necessarily a power cut. The table is ``task_record``.
+:class:`TaskTable` reads and writes the table; the hot path never waits for it. State changes
+first go to the append-only log of :mod:`supervisor.broker.tasklog`, which folds them into this
+table in large batches from a background thread (see there for why).
 """
 
 from __future__ import annotations
@@ -16,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +19,6 @@ from sqlalchemy.engine import Engine
 
 from supervisor.broker.records import TaskRecord
 from supervisor.errors import SupervisorError
-from supervisor.policy import compute_backoff
 
 metadata = sa.MetaData()
 
@@ -66,36 +59,29 @@ task_schema = sa.Table(
 SCHEMA_VERSION = 2
 
 ACTIVE = ("scheduled", "queued", "running", "retrying")
-_COLUMNS = [c.name for c in task_record.columns]
+COLUMNS = [c.name for c in task_record.columns]
 
 
-def snapshot(rec: TaskRecord) -> dict[str, Any]:
-    """The row for ``rec`` as it is now (taken under the broker's lock)."""
-    return {
-        "task_id": rec.task_id,
-        "type": rec.type,
-        "params": rec.params,
-        "priority": rec.priority,
-        "status": rec.status,
-        "attempts": rec.attempts,
-        "seq": rec.seq,
-        "eta": rec.eta,
-        "pushed_at": rec.pushed_at,
-        "started_at": rec.started_at,
-        "finished_at": rec.finished_at,
-        "consumer": rec.consumer,
-        "result": None if rec.result is None else json.dumps(rec.result),
-        "errors": json.dumps(rec.errors) if rec.errors else None,
-        "schedule_id": rec.schedule_id,
-        "scheduled_at": rec.scheduled_at,
-        "unique_key": rec.unique_key,
-        "cancel_requested_at": rec.cancel_requested_at,
-    }
+def snapshot(rec: TaskRecord) -> tuple[Any, ...]:
+    """The row for ``rec`` as it is now, in ``COLUMNS`` order (taken under the broker's lock)."""
+    return (
+        rec.task_id, rec.type, rec.params, rec.priority, rec.status, rec.attempts, rec.seq,
+        rec.eta, rec.pushed_at, rec.started_at, rec.finished_at, rec.consumer,
+        None if rec.result is None else json.dumps(rec.result),
+        json.dumps(rec.errors) if rec.errors else None,
+        rec.schedule_id, rec.scheduled_at, rec.unique_key, rec.cancel_requested_at,
+    )
 
 
 def record_from_row(row: Any) -> TaskRecord:
-    """Rebuild a record; raises ValueError/TypeError on a corrupt row."""
-    m = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
+    """Rebuild a record from a SQL row, a mapping or a snapshot tuple; raises ValueError,
+    TypeError or KeyError on a corrupt row."""
+    if isinstance(row, tuple) and not hasattr(row, "_mapping"):
+        if len(row) != len(COLUMNS):
+            raise ValueError(f"a snapshot has {len(row)} fields, expected {len(COLUMNS)}")
+        m = dict(zip(COLUMNS, row, strict=True))
+    else:
+        m = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
     if not isinstance(m["params"], bytes | bytearray | memoryview):
         raise TypeError(f"params is {type(m['params']).__name__}, expected bytes")
     errors = json.loads(m["errors"]) if m["errors"] else []
@@ -133,39 +119,28 @@ def _upsert(engine: Engine) -> Any:
     stmt = dialect.insert(task_record)
     return stmt.on_conflict_do_update(
         index_elements=["task_id"],
-        set_={c: stmt.excluded[c] for c in _COLUMNS if c != "task_id"},
+        set_={c: stmt.excluded[c] for c in COLUMNS if c != "task_id"},
     )
 
 
-class Journal:
-    """Ordered, group-committed snapshots of task records (see the module docstring)."""
+class TaskTable:
+    """The ``task_record`` table: migrate, upsert snapshots, read records."""
 
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        self._cond = threading.Condition()
-        self._pending: list[tuple[int, dict[str, Any]]] = []
-        self._seq = 0
-        self._committed = 0
-        self._closing = False
-        self._commit_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._armed = False
-        self.flush_window_s = 0.002
-        self._thread: threading.Thread | None = None
         self._stmt = _upsert(engine)
-        # SQLite: the DBAPI directly, about 7x faster per commit than a Core execute. A push
-        # waits for its commit, so this is the durable push rate.
+        # SQLite: the DBAPI directly, several times cheaper per statement than a Core execute.
         self._sqlite_sql = (
-            f"INSERT INTO task_record ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join('?' for _ in _COLUMNS)}) ON CONFLICT(task_id) DO UPDATE SET "
-            + ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "task_id")
+            f"INSERT INTO task_record ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in COLUMNS)}) ON CONFLICT(task_id) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in COLUMNS if c != "task_id")
             if engine.dialect.name == "sqlite"
             else None
         )
         self._raw: Any = None
+        self._lock = threading.Lock()  # the raw connection is used by one thread at a time
         self.log = logger.bind(component="journal")
-        self.commits = 0
 
     def migrate(self) -> int:
         """Create or upgrade the tables; refuse a database written by a newer release."""
@@ -253,50 +228,6 @@ class Journal:
             return {str(s): int(n) for s, n in conn.execute(q)}
 
     # -- writing -----------------------------------------------------------------------------
-    def write(self, row: dict[str, Any]) -> int:
-        """Queue a snapshot; return its sequence number (pass it to :meth:`wait`)."""
-        return self.write_many((row,))
-
-    def write_many(self, rows: Iterable[dict[str, Any]]) -> int:
-        with self._cond:
-            for row in rows:
-                self._seq += 1
-                self._pending.append((self._seq, row))
-            seq = self._seq
-            arm = not self._armed
-            self._armed = True
-        if arm:  # wake the flusher once per window, not once per write (no GIL ping-pong)
-            self._wake.set()
-        return seq
-
-    def wait(self, seq: int, timeout_s: float | None = 30.0) -> bool:
-        """Block until snapshot ``seq`` is committed; False on timeout.
-
-        Group commit without a hand-off: the first waiter to find the writer free commits every
-        pending snapshot itself (its own and everyone else's); the others wait for that commit.
-        """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._cond:
-                if self._committed >= seq:
-                    return True
-            if self._commit_lock.acquire(blocking=False):
-                try:
-                    self._flush()
-                finally:
-                    self._commit_lock.release()
-                continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            with self._cond:
-                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
-
-    def sync(self, timeout_s: float | None = 30.0) -> bool:
-        with self._cond:
-            seq = self._seq
-        return self.wait(seq, timeout_s)
-
     def delete(self, where: Any, batch: int = 500) -> int:
         """Delete rows matching ``where`` in small batches (never a long lock); return count."""
         total = 0
@@ -313,68 +244,19 @@ class Journal:
                 conn.execute(sa.delete(task_record).where(task_record.c.task_id.in_(ids)))
             total += len(ids)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
-        self._thread.start()
+    def upsert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert or replace ``rows`` (snapshot tuples) in one transaction."""
+        with self._lock:
+            try:
+                self._upsert(rows)
+            except Exception:
+                self.close()  # a fresh connection next time
+                raise
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Commit what is pending, then stop the flusher."""
-        with self._cond:
-            self._closing = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        self.sync(timeout_s)
-        self._drop_raw()
-
-    def _flush(self) -> None:
-        """Commit every pending snapshot (the caller holds the commit lock)."""
-        with self._cond:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return
-        latest: dict[str, dict[str, Any]] = {}
-        for _, row in batch:  # a later snapshot of a task replaces an earlier one
-            latest[row["task_id"]] = row
-        try:
-            self._commit(list(latest.values()))
-        except Exception:
-            self._drop_raw()
-            with self._cond:
-                self._pending[:0] = batch  # keep order: retried by the next flush
-            raise
-        self.commits += 1
-        with self._cond:
-            self._committed = batch[-1][0]
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        """Commit snapshots nobody waits for (workers' outcomes) within a few milliseconds."""
-        failures = 0
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if not self._closing:
-                time.sleep(self.flush_window_s)  # the group-commit window; pushes commit sooner
-            with self._cond:
-                self._armed = False
-                if self._closing and not self._pending:
-                    return
-            with self._commit_lock:
-                try:
-                    self._flush()
-                    failures = 0
-                except Exception as exc:
-                    failures += 1
-                    delay = compute_backoff(failures, base_s=0.05, cap_s=5.0, jitter=False)
-                    self.log.error("journal commit failed (retrying in {:.2f} s): {}", delay, exc)
-                    time.sleep(delay)
-                    self._wake.set()
-
-    def _commit(self, rows: list[dict[str, Any]]) -> None:
+    def _upsert(self, rows: list[tuple[Any, ...]]) -> None:
         if self._sqlite_sql is None:
             with self.engine.begin() as conn:
-                conn.execute(self._stmt, rows)
+                conn.execute(self._stmt, [dict(zip(COLUMNS, r, strict=True)) for r in rows])
             return
         if self._raw is None:
             self._raw = self.engine.raw_connection()
@@ -382,7 +264,7 @@ class Journal:
         try:
             cur.execute("BEGIN IMMEDIATE")
             try:
-                cur.executemany(self._sqlite_sql, [tuple(r[c] for c in _COLUMNS) for r in rows])
+                cur.executemany(self._sqlite_sql, rows)
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
@@ -390,7 +272,7 @@ class Journal:
         finally:
             cur.close()
 
-    def _drop_raw(self) -> None:
+    def close(self) -> None:
         if self._raw is not None:
             try:
                 self._raw.close()

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from loguru import logger
 
 from supervisor.broker.durable import DurableBroker
-from supervisor.broker.journal import Journal, task_record
+from supervisor.broker.journal import task_record
+from supervisor.broker.tasklog import open_journal
 from supervisor.registry import TaskOptions
 from supervisor.scheduling.models import make_engine
 
@@ -26,7 +27,7 @@ def url(tmp_path: Path) -> str:
 def open_broker(url: str, clock, **kw) -> DurableBroker:
     opts = TaskOptions(timeout_s=10, max_retries=2, backoff_base_s=1, backoff_cap_s=1)
     return DurableBroker(
-        journal=Journal(make_engine(url), clock=clock), clock=clock, default_options=opts, **kw
+        journal=open_journal(url, run_dir='/nonexistent', clock=clock), clock=clock, default_options=opts, **kw
     )
 
 
@@ -165,9 +166,11 @@ def test_a_newer_task_database_is_refused(url, clock):
     from supervisor.broker.journal import SCHEMA_VERSION, task_schema
     from supervisor.errors import SupervisorError
 
-    j = Journal(make_engine(url), clock=clock)
-    j.migrate()
-    with j.engine.begin() as conn:
+    from supervisor.broker.journal import TaskTable
+
+    table = TaskTable(make_engine(url), clock=clock)
+    table.migrate()
+    with table.engine.begin() as conn:
         conn.execute(task_schema.insert().values(version=SCHEMA_VERSION + 1, applied_at=1.0))
     with pytest.raises(SupervisorError, match="newer than the"):
         open_broker(url, clock)
