@@ -1,9 +1,12 @@
 """The supervisor under test: a real ``supervisor run`` subprocess and an external producer.
 
 This process is the external producer: it connects with ``supervisor.connect(run_dir=...)``
-like any client. Each figure gets a fresh master (fresh broker, empty records), so one figure's
-leftovers (finished records, counters) cannot slow the next. Nothing waits a fixed time: every
-wait polls with a deadline.
+like any client. Each figure gets a fresh master (fresh broker, empty records) in a fresh tmp
+folder that also holds its SQLite database (``--database sqlite:///<tmp>/bench.db``, never the
+repo's working directory), so one figure's leftovers (finished records, journal rows, counters)
+cannot slow the next. Every master is started with an explicit ``--durability``: ``journal``
+(the product default: each push returns once its snapshot is committed) or ``none`` (in memory).
+Nothing waits a fixed time: every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +32,15 @@ WORKERS = 2
 POLL_S = 0.05  # stats() is polled at most this often while waiting for a batch to finish
 START_S = 30.0
 STOP_S = 30.0
+DURABILITIES = ("journal", "none")  # `supervisor run --durability`; journal is the default
+DB_NAME = "bench.db"
 
 
-def supervisor_command(run_dir: str) -> list[str]:
+def supervisor_command(run_dir: str, *, durability: str, database: str) -> list[str]:
+    """The master's command line. ``--metrics-port 0``: the HTTP endpoints stay on (the
+    product default) but on a free port, so a master of someone else on 9810 does not matter."""
+    if durability not in DURABILITIES:
+        raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
     return [
         "supervisor",
         "run",
@@ -40,6 +50,12 @@ def supervisor_command(run_dir: str) -> list[str]:
         str(WORKERS),
         "--run-dir",
         run_dir,
+        "--durability",
+        durability,
+        "--database",
+        database,
+        "--metrics-port",
+        "0",
         "--log-format",
         "json",
         "--log-level",
@@ -72,11 +88,15 @@ class StatsProbe:
 class Master:
     """``supervisor run`` as a subprocess in a fresh run folder; a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, durability: str = "journal") -> None:
+        self.durability = durability
         self.tmp = tempfile.mkdtemp(prefix="supervisor-bench-")
         self.run_dir = os.path.join(self.tmp, "run")
         self.log_path = os.path.join(self.tmp, "master.log")
-        self.command = supervisor_command(self.run_dir)
+        self.db_path = os.path.join(self.tmp, DB_NAME)
+        self.command = supervisor_command(
+            self.run_dir, durability=durability, database=f"sqlite:///{self.db_path}"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.queue: supervisor.Queue | None = None
 
@@ -131,6 +151,47 @@ class Master:
         """A broker call the public Queue does not offer (``get_status``), as the CLI makes it."""
         assert self.queue is not None
         return self.queue._caller.call(method, *args)
+
+    def broker_pid(self) -> int | None:
+        """The broker process: the master's child listening on the run folder's socket."""
+        import psutil
+
+        assert self.proc is not None
+        sock = os.path.join(self.run_dir, "broker.sock")
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return None
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if any(c.laddr == sock for c in child.net_connections(kind="unix")):
+                    return int(child.pid)
+        return None
+
+    def processes(self) -> dict[str, list[Any]]:
+        """psutil.Process objects of the broker and the workers (for their CPU time)."""
+        import psutil
+
+        out: dict[str, list[Any]] = {"broker": [], "workers": []}
+        with contextlib.suppress(psutil.Error):
+            pid = self.broker_pid()
+            if pid is not None:
+                out["broker"].append(psutil.Process(pid))
+            for w in (self.call("get_status").get("master") or {}).get("workers") or []:
+                out["workers"].append(psutil.Process(int(w["pid"])))
+        return out
+
+    def journal_rows(self) -> int | None:
+        """Rows in the journal's task table (None: no journal, or unreadable)."""
+        import sqlite3
+
+        if self.durability != "journal" or not os.path.exists(self.db_path):
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=5)) as db:
+                return int(db.execute("SELECT count(*) FROM task_record").fetchone()[0])
+        except sqlite3.Error:
+            return None
 
     def stop(self) -> None:
         """SIGTERM, wait with a deadline, SIGKILL the group if it hangs; remove the folder."""
@@ -197,6 +258,13 @@ class Throughput:
     elapsed_s: float
     push_s: float  # time spent pushing (the producer's share of elapsed_s)
     stats: StatsProbe = field(default_factory=StatsProbe)
+    durability: str = "journal"
+    push_call_ms: list[float] = field(default_factory=list)  # round trip of each push call
+    journal_rows: int | None = None  # rows in the journal at the end (journal mode)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # see cpu_times(), over the run
+
+
+Profiler = Callable[["Master"], contextlib.AbstractContextManager[Any]]
 
 
 def throughput(
@@ -206,40 +274,91 @@ def throughput(
     params: dict[str, Any] | None = None,
     batch: int = 0,
     timeout_s: float = 300.0,
+    durability: str = "journal",
+    profile: Profiler | None = None,
 ) -> Throughput:
-    """Push ``count`` tasks (one by one, or ``batch`` per call) and time until all finished."""
+    """Push ``count`` tasks (one by one, or ``batch`` per call) and time until all finished.
+
+    ``profile(master)``, if given, is a context manager entered once the workers are idle and
+    left when every task finished (e.g. ``py-spy record`` on the broker process)."""
     task = {"type": task_type, "params": params or {}}
-    with Master() as master:
+    calls: list[float] = []
+    with Master(durability) as master:
         q = master.queue
         assert q is not None
         probe = StatsProbe()
-        t0 = time.perf_counter()
-        if batch:
-            for start in range(0, count, batch):
-                q.push_tasks([task] * min(batch, count - start))
-        else:
-            for _ in range(count):
-                q.push_task(task)
-        pushed = time.perf_counter()
-        end = wait_finished(q, task_type, count, timeout_s=timeout_s, probe=probe)
-    return Throughput(count / (end - t0), end - t0, pushed - t0, probe)
+        clock = time.perf_counter
+        procs = master.processes()
+        with profile(master) if profile is not None else contextlib.nullcontext():
+            cpu0 = cpu_times(procs)
+            t0 = clock()
+            if batch:
+                for start in range(0, count, batch):
+                    c0 = clock()
+                    q.push_tasks([task] * min(batch, count - start))
+                    calls.append(clock() - c0)
+            else:
+                for _ in range(count):
+                    c0 = clock()
+                    q.push_task(task)
+                    calls.append(clock() - c0)
+            pushed = clock()
+            end = wait_finished(q, task_type, count, timeout_s=timeout_s, probe=probe)
+            cpu1 = cpu_times(procs)
+        rows = master.journal_rows()
+    cpu = {role: cpu1[role] - cpu0.get(role, 0.0) for role in cpu1}
+    return Throughput(
+        count / (end - t0),
+        end - t0,
+        pushed - t0,
+        probe,
+        durability,
+        [1000 * c for c in calls],
+        rows,
+        cpu,
+    )
+
+
+def cpu_times(procs: dict[str, list[Any]]) -> dict[str, float]:
+    """CPU seconds used so far by each role's processes (psutil.Process): ``ROLE`` (user +
+    system) and ``ROLE_sys``; for the broker also ``broker_wchar`` and ``broker_syscw``
+    (/proc/PID/io: bytes and write calls, the journal's SQLite writes plus its socket replies)."""
+    out: dict[str, float] = {}
+    for role, members in procs.items():
+        total = system = 0.0
+        for p in members:
+            with contextlib.suppress(Exception):
+                t = p.cpu_times()
+                total += t.user + t.system
+                system += t.system
+        out[role] = total
+        out[f"{role}_sys"] = system
+    for p in procs.get("broker", [])[:1]:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{p.pid}/io") as f:
+            io = dict(line.split(": ") for line in f.read().splitlines())
+            out["broker_wchar"] = float(io["wchar"])
+            out["broker_syscw"] = float(io["syscw"])
+    return out
 
 
 @dataclass
 class Latency:
     start_ms: list[float]  # record started_at - producer clock before the push
     handler_ms: list[float]  # handler's own clock at entry - producer clock before the push
+    push_ms: list[float] = field(default_factory=list)  # round trip of the push call itself
 
 
-def latency(samples: int, *, timeout_s: float = 10.0) -> Latency:
+def latency(samples: int, *, timeout_s: float = 10.0, durability: str = "journal") -> Latency:
     """Push one ``stamp`` task at a time to idle workers; wait for each to finish first."""
     out = Latency([], [])
-    with Master() as master:
+    with Master(durability) as master:
         q = master.queue
         assert q is not None
         for _ in range(samples):
             before = time.time()
+            c0 = time.perf_counter()
             task_id = q.push_task({"type": "stamp", "params": {}})
+            out.push_ms.append(1000 * (time.perf_counter() - c0))
             deadline = time.monotonic() + timeout_s
             while True:
                 rec = q.get_task(task_id)

@@ -3,6 +3,7 @@
     python bench/run_bench.py            # the full run (about a minute on 2 cores)
     python bench/run_bench.py --quick    # small counts, a smoke test
     python bench/run_bench.py --json out.json
+    python bench/run_bench.py --durability none   # the in-memory broker (default: journal)
 
 It prints the machine, the exact commands, a table of figures with the targets beside them
 (PASS/MISS) and exits 0 either way: performance is measured here, not asserted.
@@ -43,6 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small counts (smoke test)")
     p.add_argument("--batch", type=int, default=500, help="tasks per push_tasks call in (b)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    p.add_argument(
+        "--durability",
+        choices=ours.DURABILITIES,
+        default="journal",
+        help="`supervisor run --durability` of every master (default: journal, the product's)",
+    )
     return p.parse_args(argv)
 
 
@@ -65,11 +72,14 @@ class Runner:
         return value
 
 
-def measure(counts: dict[str, int], batch: int) -> tuple[dict[str, Any], dict[str, float]]:
+def measure(
+    counts: dict[str, int], batch: int, durability: str
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Every figure once; each baseline right before the figure it is compared with, so that a
     burst of other people's load hits both of a pair rather than one."""
     run = Runner()
     r = run.results
+    r["durability"] = durability
     n = baselines.calibrate_cpu_n()
     r["cpu_n"] = n
     r["cpu_call_ms"] = 1000 * baselines.time_cpu_call(n)
@@ -81,7 +91,9 @@ def measure(counts: dict[str, int], batch: int) -> tuple[dict[str, Any], dict[st
         lambda: baselines.manager_queue(noop, flavor="multiprocess"),
     )
     a = run(
-        "a", f"(a) supervisor no-op x{noop}, pushed one at a time", lambda: ours.throughput(noop)
+        "a",
+        f"(a) supervisor no-op x{noop}, pushed one at a time",
+        lambda: ours.throughput(noop, durability=durability),
     )
     r["pool_noop_c1"] = run(
         "pool_noop_c1",
@@ -97,13 +109,15 @@ def measure(counts: dict[str, int], batch: int) -> tuple[dict[str, Any], dict[st
     b = run(
         "b",
         f"(b) supervisor no-op x{noop}, push_tasks batches of {batch}",
-        lambda: ours.throughput(noop, batch=batch),
+        lambda: ours.throughput(noop, batch=batch, durability=durability),
     )
     r["pool_cpu"] = run("pool_cpu", f"Pool(2) cpu x{cpu}", lambda: baselines.pool_cpu(cpu, n))
     c = run(
         "c",
         f"(c) supervisor cpu x{cpu}",
-        lambda: ours.throughput(cpu, task_type="cpu", params={"n": n}, batch=cpu),
+        lambda: ours.throughput(
+            cpu, task_type="cpu", params={"n": n}, batch=cpu, durability=durability
+        ),
     )
     r["mq_stdlib"] = run(
         "mq_stdlib",
@@ -113,7 +127,7 @@ def measure(counts: dict[str, int], batch: int) -> tuple[dict[str, Any], dict[st
     d = run(
         "d",
         f"(d) supervisor push-to-start latency x{counts['latency']}",
-        lambda: ours.latency(counts["latency"]),
+        lambda: ours.latency(counts["latency"], durability=durability),
     )
     for key, t in (("a", a), ("b", b), ("c", c)):
         r[key] = t.tasks_per_s
@@ -125,6 +139,10 @@ def measure(counts: dict[str, int], batch: int) -> tuple[dict[str, Any], dict[st
     r["cpu_ideal"] = baselines.WORKERS * 1000 / r["cpu_call_ms"]
     r["d_p50_ms"] = percentile(d.start_ms, 50)
     r["d_p99_ms"] = percentile(d.start_ms, 99)
+    r["a_push_p50_ms"] = percentile(a.push_call_ms, 50)
+    r["a_push_p99_ms"] = percentile(a.push_call_ms, 99)
+    r["d_push_p50_ms"] = percentile(d.push_ms, 50)
+    r["d_push_p99_ms"] = percentile(d.push_ms, 99)
     r["d_mean_ms"] = statistics.fmean(d.start_ms)
     r["d_handler_p50_ms"] = percentile(d.handler_ms, 50)
     r["d_handler_p99_ms"] = percentile(d.handler_ms, 99)
@@ -216,12 +234,27 @@ def report(r: dict[str, Any], others: dict[str, float], counts: dict[str, int], 
             "push-to-handler entry (the stamp task's own clock)",
             f"p50 {r['d_handler_p50_ms']:.2f} ms  p99 {r['d_handler_p99_ms']:.2f} ms",
         ),
+        (
+            "a",
+            "(info)",
+            "push_task round trip in the producer, during (a)",
+            f"p50 {r['a_push_p50_ms']:.2f} ms  p99 {r['a_push_p99_ms']:.2f} ms",
+        ),
+        (
+            "d",
+            "(info)",
+            "push_task round trip in the producer, idle (during (d))",
+            f"p50 {r['d_push_p50_ms']:.2f} ms  p99 {r['d_push_p99_ms']:.2f} ms",
+        ),
     ]
     width = max(len(row[2]) for row in rows)
     print(f"\n{'':<9} {'':<{width}}  {'figure':>28}  others' CPU")
     for key, kind, what, value in rows:
         print(f"{kind:<9} {what:<{width}}  {value:>28}  {100 * others[key]:>5.0f} %")
-    print("\ntargets (issue 2; (b) is against the Pool chunksize=1 figure):")
+    print(
+        f"\ntargets (issue 2, --durability {r['durability']}; (b) is against the Pool "
+        "chunksize=1 figure):"
+    )
     for name, ok, how in targets(r):
         print(f"  {'PASS' if ok else 'MISS'}  {name:<18} {how}")
     print(
@@ -250,11 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(
-        f"supervisor: (cd {ROOT} && {shlex.join(ours.supervisor_command('<tmp>/run'))})"
-        " -- a fresh master per figure"
+        "supervisor: (cd {} && {}) -- a fresh master and tmp folder per figure".format(
+            ROOT,
+            shlex.join(
+                ours.supervisor_command(
+                    "<tmp>/run", durability=args.durability, database="sqlite:///<tmp>/bench.db"
+                )
+            ),
+        )
     )
     started = time.perf_counter()
-    results, others = measure(counts, args.batch)
+    results, others = measure(counts, args.batch, args.durability)
     report(results, others, counts, args.batch)
     print(
         f"\nwall time {time.perf_counter() - started:.1f} s; "
@@ -266,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv,
             "counts": counts,
             "batch": args.batch,
+            "durability": args.durability,
             "results": results,
             "others_cpu_share": others,
             "targets": [{"figure": n, "pass": ok, "detail": h} for n, ok, h in targets(results)],
