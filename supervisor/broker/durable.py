@@ -17,9 +17,9 @@ from loguru import logger
 
 from supervisor.broker import base
 from supervisor.broker.journal import snapshot, task_record
-from supervisor.broker.tasklog import Journal
 from supervisor.broker.memory import MemoryBroker
 from supervisor.broker.records import TaskRecord
+from supervisor.broker.tasklog import Journal
 from supervisor.errors import TaskError
 
 DAY_S = 86_400.0
