@@ -1,10 +1,12 @@
 """The durable broker: the embedded broker plus a journal, so a restart loses nothing.
 
-Every state change of a task goes to the :class:`~supervisor.broker.journal.Journal` in the order
-it happened (snapshots are taken under the broker's lock). On start, the journal's unfinished
-tasks come back: queued, scheduled and retrying ones as they were; running ones as an attempt
-that ended with reason ``worker_lost`` (their worker died with the master), through the usual
-retry policy. A push returns once its snapshot is committed.
+Every state change of a task is appended to the :class:`~supervisor.broker.tasklog.Journal`
+under the broker's lock, by the thread that made it, before the call returns: a push is safe when
+it returns, and a hand-out is in the log before the worker sees the task (so a task that ran is
+never found "queued" after a crash: a re-run always shows as an extra attempt). On start, the
+unfinished tasks come back: queued, scheduled and retrying ones as they were; running ones as an
+attempt that ended with reason ``worker_lost`` (their worker died with the master), through the
+usual retry policy.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class DurableBroker(MemoryBroker):
         if batch is not None:  # inside exchange(): one write for the report and the hand-out
             batch.append(snapshot(rec))
         else:
-            self._tls.seq = self._journal.write(snapshot(rec))
+            self._journal.write(snapshot(rec))  # in the log (safe) when this returns
 
     def _enqueue(self, rec: TaskRecord, **options: Any) -> None:
         super()._enqueue(rec, **options)
@@ -70,34 +72,7 @@ class DurableBroker(MemoryBroker):
         super()._finish(rec, status, now, **options)
         self._journal_rec(rec)
 
-    # -- pushes wait for their commit --------------------------------------------------------
-    def _wait_mine(self) -> None:
-        """Wait for the commit of the last snapshot this thread wrote, if it wrote one."""
-        seq = getattr(self._tls, "seq", 0)
-        self._tls.seq = 0
-        if seq:
-            self._journal.wait(seq)
-
-    def push(self, message: dict[str, Any]) -> str:
-        self._tls.seq = 0
-        task_id = super().push(message)
-        self._wait_mine()
-        return task_id
-
-    def push_many(self, messages: list[dict[str, Any]]) -> list[str]:
-        self._tls.seq = 0
-        ids = super().push_many(messages)
-        self._wait_mine()
-        return ids
-
-    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
-        # The hand-out is committed before the consumer sees the task: a task that ran is never
-        # found "queued" after a crash, so every re-run shows as an extra attempt.
-        self._tls.seq = 0
-        msg = super().pop(consumer, wait_s)
-        self._wait_mine()
-        return msg
-
+    # -- the worker's hot path ---------------------------------------------------------------
     def exchange(
         self, consumer: str, report: Any, wait_s: float | None
     ) -> dict[str, Any] | None:
@@ -122,10 +97,8 @@ class DurableBroker(MemoryBroker):
                 rec = self._journal.get(task_id)
                 if rec is not None and rec.status in base.FINAL_STATUSES:
                     self._finished[task_id] = rec  # evicted from memory: bring it back
-        self._tls.seq = 0
-        ok = super().retry_task(task_id)
-        self._wait_mine()
-        return ok
+                    self._count(rec)
+            return super().retry_task(task_id)
 
     # -- queries fall back to the database ---------------------------------------------------
     def get_task(self, task_id: str) -> dict[str, Any] | None:
@@ -152,7 +125,6 @@ class DurableBroker(MemoryBroker):
         return out
 
     def cancel(self, task_id: str) -> str:
-        self._tls.seq = 0
         outcome = super().cancel(task_id)
         if outcome == "unknown" and self._journal.get(task_id) is not None:
             return "finished"
@@ -161,7 +133,6 @@ class DurableBroker(MemoryBroker):
                 rec = self._active.get(task_id)
                 if rec is not None:
                     self._journal_rec(rec)
-        self._wait_mine()
         return outcome
 
     def get_queue_stats(self) -> dict[str, int]:
@@ -175,7 +146,6 @@ class DurableBroker(MemoryBroker):
                 f"only finished tasks can be purged "
                 f"({', '.join(base.FINAL_STATUSES)}), got {status!r}"
             )
-        self._journal.sync()
         cutoff = self._clock() - older_than_s
         n = self._journal.delete(
             sa.and_(task_record.c.status == status, task_record.c.finished_at < cutoff)
