@@ -87,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
             _client_flags(p)
 
     cli_tasks.add_parser(sub, _client_flags)
+    from supervisor.observability.health import add_health_parser
     from supervisor.scheduling import cli as schedules_cli
 
     schedules_cli.add_subparser(sub)
+    add_health_parser(sub)
     return parser
 
 
@@ -237,6 +239,12 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return cli_tasks.run(args, _connect(args))
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from supervisor.observability.health import cmd_health as run_health
+
+    return run_health(args)
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
     from supervisor.scheduling import cli as schedules_cli
 
@@ -250,6 +258,7 @@ COMMANDS = {
     "store": cmd_store,
     "tasks": cmd_tasks,
     "schedules": cmd_schedules,
+    "health": cmd_health,
 }
 
 

@@ -196,6 +196,8 @@ class Master(WorkerPool):
             scoreboard=self.scoreboard,
             run_dir=s.run_dir,
             graceful_timeout_s=s.graceful_timeout,
+            api_token=s.api_token,
+            schedules_database=s.database if s.scheduler else None,
         )
 
     # -- the loop ----------------------------------------------------------------------------

@@ -354,4 +354,6 @@ class WorkerPool:
             "workers": workers,
             "restarts": dict(self.stats.restarts),
             "loop_lag_s": round(self.stats.loop_lag_s, 4),
+            "scheduler": bool(self.settings.scheduler),
+            "max_memory_per_child_bytes": self.settings.max_memory_per_child * 1024 * 1024,
         }

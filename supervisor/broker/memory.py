@@ -337,6 +337,7 @@ class MemoryBroker(Broker):
     def _finish(self, rec: TaskRecord, status: str, now: float) -> None:
         if rec.unique_key is not None and self._unique.get(rec.unique_key) == rec.task_id:
             del self._unique[rec.unique_key]
+        ran = rec.status == base.RUNNING  # not a task cancelled while it waited
         self._move(rec, status)
         rec.finished_at = now
         rec.consumer = None
@@ -345,9 +346,9 @@ class MemoryBroker(Broker):
         self._finished[rec.task_id] = rec
         while len(self._finished) > self._finished_cap:
             self._uncount(self._finished.popitem(last=False)[1])
-        duration = now - rec.started_at if rec.started_at is not None else 0.0
         self.counters[("finished", rec.type, status)] += 1
-        self._events.append(("finished", rec.type, status, duration))
+        if ran and rec.started_at is not None:  # the duration histogram: attempts that ran
+            self._events.append(("finished", rec.type, status, now - rec.started_at))
 
     def _fail(self, rec: TaskRecord, reason: str, detail: dict[str, Any], now: float) -> None:
         rec.errors.append({

@@ -1,0 +1,81 @@
+"""Scheduler metric families, from the document the scheduler process publishes to the broker
+(:func:`supervisor.scheduling.status.status_doc`, about once a second).
+
+The families exist before the scheduler's first report (counters at 0, an empty histogram), so
+dashboards and alerts have data from the first scrape. The document comes from another process:
+a malformed value reads as 0 rather than failing the scrape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from supervisor.scheduling.status import LAG_BUCKETS_S
+
+# misfire action label -> the scheduler's counter (due times it did not push, and why)
+MISFIRE_COUNTERS = {"skipped": "misfired", "coalesced": "coalesced", "overlapped": "overlapped"}
+
+
+def _num(value: Any) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return out if math.isfinite(out) else 0.0
+
+
+def _lag(doc: dict[str, Any]) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily("supervisor_scheduler_fire_lag_seconds",
+                                "Time from a schedule's due time to the push of its task.",
+                                labels=[])
+    lag = doc.get("lag")
+    buckets: list[tuple[str, float]] = []
+    if isinstance(lag, dict) and isinstance(lag.get("buckets"), list):
+        try:
+            buckets = [(floatToGoString(float(le)), _num(n)) for le, n in lag["buckets"]]
+        except (TypeError, ValueError):
+            buckets = []
+    if not buckets or buckets[-1][0] != "+Inf":
+        buckets = [(floatToGoString(b), 0.0) for b in (*LAG_BUCKETS_S, math.inf)]
+        total = 0.0
+    else:
+        total = _num(lag.get("sum_s")) if isinstance(lag, dict) else 0.0
+    fam.add_metric([], buckets, total)
+    return fam
+
+
+def scheduler_families(doc: dict[str, Any], age_s: float | None, *, since_start_s: float,
+                       enabled: bool = True) -> Iterator[Metric]:
+    """``doc``: the last published document ({} if none); ``age_s``: seconds since it came
+    (None: never); ``since_start_s``: the broker's age, the tick age until a first report."""
+    raw = doc.get("counters")
+    counters: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    yield CounterMetricFamily("supervisor_scheduler_fires_total",
+                              "Schedule due times pushed as tasks.",
+                              value=_num(counters.get("fired")))
+    misfires = CounterMetricFamily("supervisor_scheduler_misfires_total",
+                                   "Schedule due times not pushed, by action: skipped (too "
+                                   "late), coalesced (into one run), overlapped (previous run "
+                                   "still going).", labels=["action"])
+    for action, key in MISFIRE_COUNTERS.items():
+        misfires.add_metric([action], _num(counters.get(key)))
+    yield misfires
+    yield _lag(doc)
+    yield GaugeMetricFamily("supervisor_scheduler_consecutive_failures",
+                            "Scheduler ticks failed in a row (database unreachable).",
+                            value=_num(doc.get("db_failures")))
+    if not enabled:
+        return  # --no-scheduler: no tick age, so no "scheduler stalled" alert
+    yield GaugeMetricFamily("supervisor_scheduler_last_tick_age_seconds",
+                            "Seconds since the scheduler last reported (since start if it "
+                            "never did).", value=since_start_s if age_s is None else age_s)
