@@ -28,6 +28,8 @@ from typing import Any
 
 from supervisor.broker import base
 from supervisor.broker.base import Broker, Report
+from supervisor.broker.control import ControlMixin
+from supervisor.broker.hub import HubMixin
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.store import MemoryStore
 from supervisor.errors import TaskError, UnknownTaskType
@@ -49,7 +51,7 @@ def _unique_key(value: Any) -> str | None:
     return value
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(ControlMixin, HubMixin, Broker):
     def __init__(
         self,
         *,
@@ -449,62 +451,6 @@ class MemoryBroker(Broker):
             self._enqueue(rec)  # takes it out of the finished records
             return True
 
-    def cancel(self, task_id: str) -> str:
-        """``cancelled`` (it was waiting), ``cancelling`` (it runs: its worker is told, then
-        killed after a grace), ``finished`` or ``unknown``. Never retried afterwards."""
-        with self._cond:
-            rec = self._active.get(task_id)
-            if rec is None:
-                return "finished" if task_id in self._finished else "unknown"
-            now = self._clock()
-            if rec.cancel_requested_at is None:
-                rec.cancel_requested_at = now
-            if rec.status == base.RUNNING:
-                return "cancelling"
-            self._finish(rec, base.CANCELLED, now)  # its lane entry goes stale
-            return base.CANCELLED
-
-    def pending_cancels(self) -> list[tuple[str, str, float]]:
-        """(consumer, task id, requested at) of running tasks a user cancelled."""
-        with self._cond:
-            return [(c, t, r.cancel_requested_at) for c, t in self._held.items()
-                    if (r := self._active.get(t)) is not None
-                    and r.cancel_requested_at is not None]
-
-    def list_tasks(self, status: str | None = None, task_type: str | None = None,
-                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Task records in memory, newest first (the durable broker reads its database)."""
-        with self._cond:
-            recs = [r for r in (*self._active.values(), *self._finished.values())
-                    if (status is None or r.status == status)
-                    and (task_type is None or r.type == task_type)
-                    and (since is None or r.pushed_at >= since)]
-            recs.sort(key=lambda r: r.pushed_at, reverse=True)
-            return [r.as_dict() for r in recs[: max(1, limit)]]
-
-    def get_queue_stats(self) -> dict[str, int]:
-        """Counts of the task records in memory by status."""
-        with self._cond:
-            return {s: n for s, n in self._by_status.items() if n}
-
-    def purge(self, status: str, older_than_s: float) -> int:
-        """Forget finished records of ``status`` that finished more than ``older_than_s`` ago."""
-        if status not in base.FINAL_STATUSES:
-            raise TaskError(f"only finished tasks can be purged "
-                            f"({', '.join(base.FINAL_STATUSES)}), got {status!r}")
-        with self._cond:
-            cutoff = self._clock() - older_than_s
-            old = [t for t, r in self._finished.items()
-                   if r.status == status and (r.finished_at or 0) < cutoff]
-            for t in old:
-                self._uncount(self._finished.pop(t))
-            return len(old)
-
-    def held(self) -> dict[str, str]:
-        """consumer -> task id, for every task being run now."""
-        with self._cond:
-            return dict(self._held)
-
     def _oldest_ready_at(self, prio: int) -> float | None:
         """When the longest-waiting ready task of a lane became ready (None: lane empty).
 
@@ -575,64 +521,3 @@ class MemoryBroker(Broker):
         swept = self.store.cleanup()
         return {"promoted": promoted, "leases_expired": len(expired), "keys_expired": swept}
 
-    def publish_status(self, status: dict[str, Any]) -> None:
-        """The master's view of its workers, for ``supervisor status``."""
-        with self._cond:
-            self._status = status
-
-    def get_status(self) -> dict[str, Any]:
-        return {"master": self._status, "stats": self.stats()}
-
-    def master_status(self) -> dict[str, Any]:
-        """The master's last published status (empty before the first); no lock taken:
-        ``publish_status`` replaces the dict whole, it is never changed in place."""
-        return self._status
-
-    def dispatching(self) -> bool:
-        return self._dispatching
-
-    def known_task_types(self) -> list[str]:
-        """The registered task type names (empty when any type is accepted)."""
-        with self._cond:
-            return sorted(self._types or ())
-
-    def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
-        """The scheduler process's status document, about once a second (for ``status`` and
-        the metrics); see :func:`supervisor.scheduling.status.status_doc` for its keys. The
-        broker notes when it came, so a scheduler that stops reporting shows its age."""
-        if not isinstance(doc, dict):
-            raise TaskError(f"scheduler status must be a dict, got {type(doc).__name__}")
-        with self._cond:
-            self._scheduler = doc
-            self._scheduler_at = self._clock()
-
-    def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
-        """The scheduler's last published doc and its age in seconds (None: never published)."""
-        with self._cond:
-            at = self._scheduler_at
-            return dict(self._scheduler), (None if at is None else self._clock() - at)
-
-    # -- public store (delegated) ------------------------------------------------------------
-    def set_public(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self.store.set_public(key, value, ttl)
-
-    def get_public(self, key: str) -> bytes | None:
-        return self.store.get_public(key)
-
-    def delete_public(self, key: str) -> bool:
-        return self.store.delete_public(key)
-
-    def cleanup(self) -> int:
-        return self.store.cleanup()
-
-    def get_store_size(self) -> int:
-        return self.store.get_store_size()
-
-    def list_keys(self) -> list[str]:
-        return self.store.list_keys()
-
-    def clear_store(self) -> None:
-        self.store.clear_store()
-
-    def ping(self) -> str:
-        return "pong"
