@@ -1,9 +1,11 @@
-"""The scheduling core: schedule specs, fire-time policy and the SQL schedule store.
+"""Scheduling: schedule specs, fire-time policy, the SQL schedule store, and its API.
 
-Pure and passive: nothing here runs on its own. The master drives it with
-``ScheduleStore.next_due_at`` and ``ScheduleStore.claim_due``.
+Importing it starts nothing. The scheduler process (:mod:`supervisor.scheduling.process`,
+forked by the master) fires due schedules; any process manages them with
+:func:`get_scheduler` (the seed's API) or ``supervisor schedules ...``.
 """
 
+from supervisor.scheduling.api import Scheduler, get_scheduler
 from supervisor.scheduling.claim import FireOutcome
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.models import SCHEMA_VERSION, make_engine, migrate
@@ -27,9 +29,11 @@ __all__ = [
     "ScheduleSpec",
     "ScheduleStore",
     "ScheduleTicker",
+    "Scheduler",
     "UpsertReport",
     "due_fires",
     "first_fire",
+    "get_scheduler",
     "interval_anchor",
     "make_engine",
     "make_spec",

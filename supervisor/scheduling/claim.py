@@ -113,6 +113,23 @@ class _LostRace(Exception):
     pass
 
 
+# The hot statements, built once (building a statement costs more than running it on SQLite).
+_NO_LIMIT = 2**31 - 1  # fits an INTEGER bind everywhere
+_DUE = (sa.select(scheduler_task.c.task_id, scheduler_task.c.overlap, scheduler_task.c.run_count)
+        .where(scheduler_task.c.enabled.is_(True),
+               scheduler_task.c.next_run_at <= sa.bindparam("now", type_=sa.Float))
+        .order_by(scheduler_task.c.next_run_at).limit(sa.bindparam("lim", type_=sa.Integer)))
+_LOCK_DUE = (sa.select(scheduler_task)
+             .where(scheduler_task.c.task_id.in_(sa.bindparam("ids", expanding=True)),
+                    scheduler_task.c.enabled.is_(True),
+                    scheduler_task.c.next_run_at <= sa.bindparam("now", type_=sa.Float))
+             .order_by(scheduler_task.c.next_run_at)
+             .with_for_update(skip_locked=True))
+_ALREADY = sa.select(schedule_fire.c.schedule_id, schedule_fire.c.due_at).where(
+    schedule_fire.c.schedule_id.in_(sa.bindparam("sids", expanding=True)),
+    schedule_fire.c.due_at.in_(sa.bindparam("dues", expanding=True)))
+
+
 def claim_due(engine: Engine, now: float, fire: FireCallback, *, counters: Counter[str],
               active_instances: ActiveCount | None = None, limit: int | None = None,
               batch_size: int = DEFAULT_BATCH, fire_many: FireMany | None = None
@@ -125,18 +142,17 @@ def claim_due(engine: Engine, now: float, fire: FireCallback, *, counters: Count
     Skips, misfires and lost races are logged and added to ``counters``; a database error is
     logged, counted as ``db_error`` and ends the call (the rest is claimed at the next one).
     """
-    query = (sa.select(scheduler_task.c.task_id, scheduler_task.c.overlap)
-             .where(scheduler_task.c.enabled.is_(True), scheduler_task.c.next_run_at <= now)
-             .order_by(scheduler_task.c.next_run_at).limit(limit))
     with engine.connect() as conn:
-        due = [(r[0], r[1]) for r in conn.execute(query)]
+        due = [(r[0], r[1], r[2]) for r in conn.execute(
+            _DUE, {"now": now, "lim": _NO_LIMIT if limit is None else limit})]
     outcomes: list[FireOutcome] = []
     for start in range(0, len(due), max(1, batch_size)):
         chunk = due[start:start + max(1, batch_size)]
-        # Asked before the transaction: no broker round trip while holding the write lock.
-        active = ({sid: active_instances(sid) for sid, overlap in chunk if overlap == "skip"}
-                  if active_instances is not None else {})
-        claims, ok = _claim_chunk(engine, [sid for sid, _ in chunk], now, counters, active)
+        # Asked before the transaction: no broker round trip while holding the write lock. A
+        # schedule that never ran has no live run to ask about.
+        active = ({sid: active_instances(sid) for sid, overlap, runs in chunk
+                   if overlap == "skip" and runs} if active_instances is not None else {})
+        claims, ok = _claim_chunk(engine, [sid for sid, _, _ in chunk], now, counters, active)
         outcomes.extend(_push_all(claims, fire=fire, fire_many=fire_many, counters=counters))
         if not ok:
             break
@@ -175,12 +191,7 @@ def _claim_chunk(engine: Engine, ids: list[str], now: float, counters: Counter[s
 def _claim_txn(engine: Engine, ids: list[str], now: float, counters: Counter[str],
                active: dict[str, int]) -> list[_Claim]:
     with writer(engine).begin() as conn:
-        rows = conn.execute(
-            sa.select(scheduler_task)
-            .where(scheduler_task.c.task_id.in_(ids), scheduler_task.c.enabled.is_(True),
-                   scheduler_task.c.next_run_at <= now)
-            .order_by(scheduler_task.c.next_run_at)
-            .with_for_update(skip_locked=True)).mappings().all()
+        rows = conn.execute(_LOCK_DUE, {"ids": ids, "now": now}).mappings().all()
         plans = [_plan(row, now, active.get(row["task_id"], 0)) for row in rows]
         _drop_already_fired(conn, plans)
         inserts = [{"schedule_id": p.sid, "due_at": d, "task_id": fire_task_id(p.sid, d),
@@ -221,10 +232,9 @@ def _drop_already_fired(conn: sa.Connection, plans: list[_Plan]) -> None:
     wanted = [p for p in plans if p.due]
     if not wanted:
         return
-    query = sa.select(schedule_fire.c.schedule_id, schedule_fire.c.due_at).where(
-        schedule_fire.c.schedule_id.in_([p.sid for p in wanted]),
-        schedule_fire.c.due_at.in_(sorted({d for p in wanted for d in p.due})))
-    found = {(sid, float(due)) for sid, due in conn.execute(query)}
+    found = {(sid, float(due)) for sid, due in conn.execute(
+        _ALREADY, {"sids": [p.sid for p in wanted],
+                   "dues": sorted({d for p in wanted for d in p.due})})}
     for p in wanted:
         p.already = tuple(d for d in p.due if (p.sid, d) in found)
         p.due = tuple(d for d in p.due if (p.sid, d) not in found)

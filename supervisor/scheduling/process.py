@@ -10,8 +10,9 @@ Pre-fork and post-fork work apart: :class:`SchedulerProcess` only stores its arg
 itself up in :meth:`~SchedulerProcess.init_process` -- its own process group, death with the
 master, signal handlers that only record, a self-pipe to wake its sleep -- then creates the
 database engine and the broker connection (never inherited) and loops: step, then sleep in
-``select`` until the step's wake time or a signal. A schedule due at T is pushed within
-milliseconds of T: the sleep ends at T itself, not at the next poll.
+``select`` until the step's wake time, a signal, or a poke from a process that changed a
+schedule (:mod:`supervisor.scheduling.wake`). A schedule due at T is pushed within milliseconds
+of T: the sleep ends at T itself, not at the next poll.
 
 Exit codes: 0 after SIGTERM/SIGQUIT; 2 (``ExitCode.USAGE``) when it can never work -- a bad
 database URL, a missing driver, a database of a newer release --, so the master should not
@@ -35,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from supervisor import logs, osutil
 from supervisor.broker.client import BrokerClient
 from supervisor.errors import ExitCode
+from supervisor.scheduling import wake
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.models import make_engine
 from supervisor.scheduling.service import SchedulerOptions, SchedulerService
@@ -86,6 +88,8 @@ class SchedulerProcess:
         self.stop = False
         self._reopen_logs = False
         self._parent: int | None = None  # set by start(): the master's pid
+        self.listener: wake.Listener | None = None
+        self._listen_tried = False
 
     # -- in the master -------------------------------------------------------------------------
     def start(self) -> int:
@@ -166,32 +170,49 @@ class SchedulerProcess:
                 if self._reopen_logs:
                     self._reopen_logs = False
                     logs.reopen()
-                wake = service.step(service.clock())
-                self.sleep_until(wake, service.clock)
+                wake_at = service.step(service.clock())
+                if self.listener is None and service.ready and not self._listen_tried:
+                    self._listen_tried = True
+                    self.listener = wake.listen(engine)
+                self.sleep_until(wake_at, service.clock)
         except ScheduleError as exc:  # a database written by a newer release
             log.critical("scheduler cannot use {}: {}", label, exc)
             return int(ExitCode.USAGE)
         finally:
             service.state = "stopping"
             service.publish(service.clock())
+            if self.listener is not None:
+                self.listener.close()
             client.close()
             engine.dispose()
         log.info("scheduler stopped")
         return int(ExitCode.OK)
 
-    def sleep_until(self, wake: float, clock: Any) -> None:
-        """Sleep until the epoch time ``wake`` or a signal, whichever comes first."""
-        timeout = wake - clock()
+    def sleep_until(self, wake_at: float, clock: Any) -> None:
+        """Sleep until the epoch time ``wake_at``, a signal, or a schedule change."""
+        timeout = wake_at - clock()
         if timeout <= 0 or self.stop:
             return
+        fds: list[Any] = [self._wake_r]
+        if self.listener is not None:
+            fds.append(self.listener)
         try:
-            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+            ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return
-        if ready:
+        except (OSError, ValueError):  # the listener's connection broke: poll from now on
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
+            return
+        if self._wake_r in ready:
             with contextlib.suppress(BlockingIOError, OSError):
                 while os.read(self._wake_r, 4096):
                     pass
+        if self.listener is not None and self.listener in ready \
+                and not self.listener.drain():
+            self.listener.close()
+            self.listener = None
 
 
 def run_scheduler(*, database_url: str, address: Any, authkey: bytes,

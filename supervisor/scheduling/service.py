@@ -42,6 +42,9 @@ class SchedulerOptions:
     count_every_s: float = 10.0  # how often the enabled schedules are counted for the status
     retry_every_s: float = 10.0  # how often failed pushes are retried ...
     retry_min_age_s: float = 10.0  # ... once they are this old
+    fire_retention_s: float = 86_400.0  # settled fire records are kept this long ...
+    prune_every_s: float = 60.0  # ... and deleted this often, in short transactions of
+    prune_batch: int = 1000  # this many rows (a few ms of write lock), one per second
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     max_payload_bytes: int | None = 1 << 20
@@ -84,6 +87,7 @@ class SchedulerService:
         self._next_retry = float("-inf")
         self._next_status = float("-inf")
         self._next_count = float("-inf")
+        self._next_prune = float("-inf")
         self._enabled: int | None = None
         self._status_failed = False
 
@@ -102,9 +106,26 @@ class SchedulerService:
         if now >= self._next_retry and not self.ticker.failures:
             self._next_retry = now + self.options.retry_every_s
             self.retry_unpushed(self.options.retry_min_age_s)
+        if now >= self._next_prune and not self.ticker.failures:
+            self.prune(now)
         if now >= self._next_status:
             self.publish(now)
         return min(wake, self._next_status, self._next_retry)
+
+    def prune(self, now: float) -> int:
+        """Delete one batch of old fire records; look again soon while batches come back full."""
+        batch = self.options.prune_batch
+        try:
+            removed = self.store.prune_fires(now - self.options.fire_retention_s, batch=batch)
+        except SQLAlchemyError as exc:
+            _log.warning("could not prune old fire records ({}); trying again later",
+                         _short(exc))
+            removed = 0
+        self._next_prune = now + (1.0 if removed >= batch else self.options.prune_every_s)
+        if removed:
+            _log.debug("pruned {} fire record(s) older than {:g} s", removed,
+                       self.options.fire_retention_s)
+        return removed
 
     def prepare(self, now: float) -> float:
         """Migrate, upsert the config schedules, record the task types; ``ready`` when done.

@@ -9,11 +9,12 @@ Call :meth:`ScheduleStore.migrate` once at start.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from loguru import logger
 from sqlalchemy.engine import Engine
 
-from supervisor.scheduling import claim, recover
+from supervisor.scheduling import claim, recover, wake
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.models import (
     migrate,
@@ -40,6 +41,14 @@ _TIMING = ("schedule_type", "interval_seconds", "cron_expression", "execute_at",
            "end_at", "timezone")
 _TYPE_FIELDS = ("interval_seconds", "cron_expression", "execute_at")
 REMOVED_FROM_CONFIG = "removed from config"
+# Statements the scheduler runs on every tick, built once.
+_NEXT_DUE = sa.select(sa.func.min(scheduler_task.c.next_run_at)).where(
+    scheduler_task.c.enabled.is_(True))
+_RECENT_FIRES = (sa.select(schedule_fire.c.task_id)
+                 .where(schedule_fire.c.schedule_id == sa.bindparam("sid"),
+                        schedule_fire.c.status.in_(("claimed", "pushed")))
+                 .order_by(schedule_fire.c.due_at.desc())
+                 .limit(sa.bindparam("lim", type_=sa.Integer)))
 
 
 @dataclass
@@ -67,6 +76,14 @@ class ScheduleStore:
         self._known = known_task_types
         self.counters: Counter[str] = Counter()
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[sa.Connection]:
+        """A write transaction whose commit wakes the scheduler (see :mod:`.wake`)."""
+        with writer(self._engine).begin() as conn:
+            yield conn
+            wake.notify_in(conn)
+        wake.notify_after(self._engine)
+
     def migrate(self) -> int:
         """Create or upgrade the tables; return the schema version."""
         return migrate(self._engine)
@@ -87,7 +104,7 @@ class ScheduleStore:
                          description=description, **extra)
         now = self._clock()
         validate(spec, now=now, known_task_types=self._known)
-        with writer(self._engine).begin() as conn:
+        with self._changing() as conn:
             return self._insert(conn, spec, now, source="api")
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
@@ -112,7 +129,7 @@ class ScheduleStore:
         the run history is kept. ``enabled`` pauses or resumes.
         """
         now = self._clock()
-        with writer(self._engine).begin() as conn:
+        with self._changing() as conn:
             row = self._row(conn, task_id)
             if row is None:
                 return False
@@ -145,7 +162,7 @@ class ScheduleStore:
 
     def delete_task(self, task_id: str) -> bool:
         """Delete a schedule and its fire records; False if there is no such schedule."""
-        with writer(self._engine).begin() as conn:
+        with self._changing() as conn:
             conn.execute(sa.delete(schedule_fire).where(schedule_fire.c.schedule_id == task_id))
             result = conn.execute(
                 sa.delete(scheduler_task).where(scheduler_task.c.task_id == task_id))
@@ -163,10 +180,8 @@ class ScheduleStore:
     # -- firing (for the master) ---------------------------------------------------------------
     def next_due_at(self) -> float | None:
         """The earliest ``next_run_at`` of an enabled schedule: when the master should wake."""
-        query = sa.select(sa.func.min(scheduler_task.c.next_run_at)).where(
-            scheduler_task.c.enabled.is_(True))
         with self._engine.connect() as conn:
-            value = conn.execute(query).scalar()
+            value = conn.execute(_NEXT_DUE).scalar()
         return None if value is None else float(value)
 
     def claim_due(self, now: float, fire: claim.FireCallback, *,
@@ -210,11 +225,21 @@ class ScheduleStore:
     def recent_fire_task_ids(self, schedule_id: str, limit: int = 20) -> list[str]:
         """Task ids of the latest fires of a schedule that were (or may have been) pushed."""
         with self._engine.connect() as conn:
-            return list(conn.scalars(
-                sa.select(schedule_fire.c.task_id)
-                .where(schedule_fire.c.schedule_id == schedule_id,
-                       schedule_fire.c.status.in_(("claimed", "pushed")))
-                .order_by(schedule_fire.c.due_at.desc()).limit(limit)))
+            return list(conn.scalars(_RECENT_FIRES, {"sid": schedule_id, "lim": limit}))
+
+    def prune_fires(self, older_than: float, *, batch: int = 10_000) -> int:
+        """Delete up to ``batch`` settled fire records claimed before ``older_than``.
+
+        A due time that far back is never proposed again (resume and edits start from now),
+        so its record no longer guards anything. Rows still ``claimed`` or ``failed`` stay.
+        """
+        old = (sa.select(schedule_fire.c.id)
+               .where(schedule_fire.c.status.in_(("pushed", "dropped")),
+                      schedule_fire.c.claimed_at < older_than).limit(batch))
+        with writer(self._engine).begin() as conn:
+            result = conn.execute(sa.delete(schedule_fire).where(
+                schedule_fire.c.id.in_(old.scalar_subquery())))
+        return int(result.rowcount or 0)
 
     def count_enabled(self) -> int:
         """How many schedules are enabled."""
@@ -239,7 +264,7 @@ class ScheduleStore:
             raise ScheduleError(f"schedule name(s) {dupes} declared more than once in the "
                                 f"config", field="name")
         report = UpsertReport()
-        with writer(self._engine).begin() as conn:
+        with self._changing() as conn:
             rows = {r["name"]: r for r in conn.execute(sa.select(scheduler_task).where(
                 scheduler_task.c.source == "config")).mappings()}
             for spec in specs:
@@ -333,7 +358,7 @@ class ScheduleStore:
 
     def _set_enabled(self, task_id: str, enabled: bool) -> bool:
         now = self._clock()
-        with writer(self._engine).begin() as conn:
+        with self._changing() as conn:
             row = self._row(conn, task_id)
             if row is None:
                 return False

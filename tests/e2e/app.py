@@ -198,3 +198,12 @@ def stubborn(params: dict[str, Any]) -> None:
     """Ignores cancellation: its worker has to be killed."""
     get_queue().set_public(params["key"], os.getpid())
     time.sleep(3600)
+
+
+@app.task("stamp_due", timeout_s=30, max_retries=3)
+def stamp_due(params: dict[str, Any]) -> float | None:
+    """Append 'scheduled_at task_id attempt' to params['path'] (fires of a schedule)."""
+    task = current_task()
+    assert task is not None
+    _append(params["path"], f"{task.scheduled_at!r} {task.task_id} {task.attempt}")
+    return task.scheduled_at

@@ -11,16 +11,18 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from supervisor.scheduling import ScheduleError, ScheduleStore, make_engine, make_spec
+from tests.integration.test_schedule_backends import BACKENDS, backend_url
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    made = make_engine(f"sqlite:///{tmp_path / 'schedules.db'}")
-    yield made
-    made.dispose()
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with backend_url(request.param, tmp_path) as url:
+        made = make_engine(url)
+        yield made
+        made.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Schema creation and upgrade on a real SQLite file, and the SQLite connection settings."""
+"""Schema creation and upgrade (SQLite and PostgreSQL), and the SQLite connection settings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from supervisor.scheduling import SCHEMA_VERSION, ScheduleError, ScheduleStore, make_engine
 from supervisor.scheduling.models import migrate, schema_version
+from tests.integration.test_schedule_backends import BACKENDS, backend_url
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_700_000_000
@@ -39,11 +40,12 @@ CREATE TABLE scheduler_task (
 """
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    made = make_engine(f"sqlite:///{tmp_path / 'schedules.db'}")
-    yield made
-    made.dispose()
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with backend_url(request.param, tmp_path) as url:
+        made = make_engine(url)
+        yield made
+        made.dispose()
 
 
 def test_migrate_is_idempotent_and_records_the_version(engine: Engine) -> None:
@@ -71,7 +73,7 @@ def test_a_seed_era_database_is_upgraded_and_keeps_working(engine: Engine) -> No
             "INSERT INTO scheduler_task (task_id, name, task_type, params, schedule_type, "
             "interval_seconds, next_run_at, run_count, max_runs, enabled, created_at, "
             "updated_at, description) VALUES ('old-1', '旧任务', 'test_task', "
-            f"'{{\"message\": \"Hello\"}}', 'interval', 10, {T0 + 10}, 2, 0, 1, {T0}, {T0}, '')")
+            f"'{{\"message\": \"Hello\"}}', 'interval', 10, {T0 + 10}, 2, 0, TRUE, {T0}, {T0}, '')")
     migrate(engine)
     now = [float(T0 + 10)]
     store = ScheduleStore(engine, clock=lambda: now[0])
@@ -85,7 +87,11 @@ def test_a_seed_era_database_is_upgraded_and_keeps_working(engine: Engine) -> No
     assert pushed[0]["params"] == {"message": "Hello"}
 
 
-def test_sqlite_connections_use_wal_and_a_busy_timeout(engine: Engine) -> None:
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+def test_sqlite_connections_use_wal_and_a_busy_timeout(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'schedules.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+    finally:
+        engine.dispose()

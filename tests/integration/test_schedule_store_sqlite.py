@@ -1,4 +1,5 @@
-"""ScheduleStore on a real SQLite file: management API, firing, at-most-once, recovery."""
+"""ScheduleStore on a real database (SQLite and PostgreSQL): management API, firing,
+at-most-once, recovery."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from supervisor.scheduling import ScheduleError, ScheduleStore, make_engine
 from supervisor.scheduling.models import schedule_fire, scheduler_task
+from tests.integration.test_schedule_backends import BACKENDS, backend_url
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_700_000_000.0
@@ -27,9 +29,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'schedules.db'}"
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with backend_url(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -232,7 +235,8 @@ def test_two_stores_racing_in_threads_never_double_fire(engines: list[Engine], d
 
 def test_interleaved_claim_without_locks_loses_the_race(db_url: str, clock: Clock,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plain engines (no BEGIN IMMEDIATE): the unique fire row / compare-and-set decide."""
+    """Plain engines (no BEGIN IMMEDIATE): on SQLite the unique fire row / compare-and-set
+    decide; PostgreSQL's row lock makes B skip the row A holds."""
     from supervisor.scheduling import claim
 
     plain = [sa.create_engine(db_url), sa.create_engine(db_url)]
@@ -254,7 +258,10 @@ def test_interleaved_claim_without_locks_loses_the_race(db_url: str, clock: Cloc
         monkeypatch.setattr(claim, "due_fires", interleave)
         a.claim_due(T0 + 10, pushed.append)
         assert [t["scheduled_at"] for t in pushed] == [T0 + 10]
-        assert a.counters["lost_race"] == 1
+        if db_url.startswith("postgresql"):
+            assert (a.counters["fired"], b.counters["fired"]) == (1, 0)
+        else:
+            assert a.counters["lost_race"] == 1
     finally:
         for engine in plain:
             engine.dispose()
@@ -342,11 +349,21 @@ def test_restart_after_outage_applies_the_misfire_policy(
 
 def test_busy_instances_skip_the_fire_and_count_it(store: ScheduleStore, clock: Clock) -> None:
     task_id = every(store)
-    clock.now += 10
-    assert store.claim_due(clock.now, lambda t: None, active_instances=lambda sid: 1) == []
+    asked: list[str] = []
+
+    def one_live(sid: str) -> int:
+        asked.append(sid)
+        return 1
+
+    clock.now += 10  # never ran: nothing can be live, nobody is asked
+    assert len(store.claim_due(clock.now, lambda t: None, active_instances=one_live)) == 1
+    assert asked == []
+    clock.now += 10  # the first run is still live
+    assert store.claim_due(clock.now, lambda t: None, active_instances=one_live) == []
     task = store.get_task(task_id)
-    assert task is not None and task["skipped_count"] == 1 and task["run_count"] == 0
-    assert task["next_run_at"] == T0 + 20
+    assert asked == [task_id]
+    assert task is not None and task["skipped_count"] == 1 and task["run_count"] == 1
+    assert task["next_run_at"] == T0 + 30
 
 
 def test_corrupt_params_are_logged_and_skipped(store: ScheduleStore, clock: Clock) -> None:
