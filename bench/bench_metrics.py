@@ -69,16 +69,25 @@ def crash_restarts(body: bytes) -> int:
     return 0
 
 
-def figure(name: str, times_s: list[float], body: bytes, *, judged: bool = True
-           ) -> dict[str, Any]:
+def figure(name: str, times_s: list[float], body: bytes, *, judged: bool = True) -> dict[str, Any]:
     ms = sorted(t * 1000 for t in times_s)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
     series = sum(1 for line in body.decode().splitlines() if line and line[0] != "#")
-    row = {"figure": name, "scrapes": len(ms), "p50_ms": statistics.median(ms), "p95_ms": p95,
-           "max_ms": ms[-1], "series": series, "bytes": len(body)}
+    row = {
+        "figure": name,
+        "scrapes": len(ms),
+        "p50_ms": statistics.median(ms),
+        "p95_ms": p95,
+        "max_ms": ms[-1],
+        "series": series,
+        "bytes": len(body),
+    }
     verdict = ("PASS" if p95 < TARGET_MS else "MISS") if judged else "(info: CPU busy forking)"
-    print(f"{name:<38} {len(ms):>4} {row['p50_ms']:>8.2f} {p95:>8.2f} {ms[-1]:>8.2f} "
-          f"{series:>7} {len(body):>8}  {verdict}", flush=True)
+    print(
+        f"{name:<38} {len(ms):>4} {row['p50_ms']:>8.2f} {p95:>8.2f} {ms[-1]:>8.2f} "
+        f"{series:>7} {len(body):>8}  {verdict}",
+        flush=True,
+    )
     return row
 
 
@@ -93,8 +102,9 @@ def timed_scrapes(address: str, n: int) -> tuple[list[float], bytes]:
 def stats_micro(records: int) -> list[dict[str, Any]]:
     """stats() with ``records`` task records in memory (half queued, half finished)."""
     b = MemoryBroker(finished_records=records)
-    b.push_many([{"type": "t", "params": b"p", "priority": random.randint(0, 10)}
-                 for _ in range(records)])
+    b.push_many(
+        [{"type": "t", "params": b"p", "priority": random.randint(0, 10)} for _ in range(records)]
+    )
     for _ in range(records // 2):
         b.report("worker:0", (b.pop("worker:0")["task_id"], base.SUCCEEDED, None))
 
@@ -131,11 +141,30 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "supervisor", "run", "--app", "tests.e2e.app",
-               "--workers", str(args.workers), "--run-dir", str(run_dir),
-               "--database", f"sqlite:///{tmp}/supervisor.db", "--metrics-port", "0",
-               "--crash-limit", "0", "--restart-backoff-cap", "0.05",
-               "--log-format", "json", "--log-level", "ERROR"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "run",
+            "--app",
+            "tests.e2e.app",
+            "--workers",
+            str(args.workers),
+            "--run-dir",
+            str(run_dir),
+            "--database",
+            f"sqlite:///{tmp}/supervisor.db",
+            "--metrics-port",
+            "0",
+            "--crash-limit",
+            "0",
+            "--restart-backoff-cap",
+            "0.05",
+            "--log-format",
+            "json",
+            "--log-level",
+            "ERROR",
+        ]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with open(Path(tmp) / "master.log", "wb") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -154,11 +183,13 @@ def main() -> int:
     return 0
 
 
-def run_figures(args: argparse.Namespace, run_dir: Path, proc: subprocess.Popen[bytes]
-                ) -> list[dict[str, Any]]:
+def run_figures(
+    args: argparse.Namespace, run_dir: Path, proc: subprocess.Popen[bytes]
+) -> list[dict[str, Any]]:
     addr_file = run_dir / "http_address"
-    address = poll(lambda: addr_file.exists() and addr_file.read_text().strip(), 60,
-                   "RUN_DIR/http_address")
+    address = poll(
+        lambda: addr_file.exists() and addr_file.read_text().strip(), 60, "RUN_DIR/http_address"
+    )
     q = poll(lambda: _connect(run_dir), 60, "the broker")
 
     def ready() -> bool:
@@ -168,8 +199,10 @@ def run_figures(args: argparse.Namespace, run_dir: Path, proc: subprocess.Popen[
 
     poll(ready, 120, f"{args.workers} idle workers")
     print(f"{args.workers} workers, target p95 < {TARGET_MS:g} ms; times in ms", flush=True)
-    print(f"{'figure':<38} {'n':>4} {'p50':>8} {'p95':>8} {'max':>8} {'series':>7} "
-          f"{'bytes':>8}", flush=True)
+    print(
+        f"{'figure':<38} {'n':>4} {'p50':>8} {'p95':>8} {'max':>8} {'series':>7} {'bytes':>8}",
+        flush=True,
+    )
     rows = [figure(f"{args.workers} workers idle", *timed_scrapes(address, args.scrapes))]
 
     per_task = 3  # the "exit" type: max_retries=2, each attempt kills its worker

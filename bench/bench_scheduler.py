@@ -69,8 +69,9 @@ def make_broker(kind: str, url: str) -> MemoryBroker:
     from supervisor.broker.durable import DurableBroker
     from supervisor.broker.tasklog import open_journal
 
-    return DurableBroker(journal=open_journal(url, run_dir=os.path.dirname(url[10:])),
-                         task_types=None)
+    return DurableBroker(
+        journal=open_journal(url, run_dir=os.path.dirname(url[10:])), task_types=None
+    )
 
 
 def busy_specs(now: float, seconds: float, rng: random.Random) -> list[ScheduleSpec]:
@@ -78,28 +79,63 @@ def busy_specs(now: float, seconds: float, rng: random.Random) -> list[ScheduleS
     specs = []
     for k in range(N_INTERVAL):
         every = rng.uniform(5, 300)
-        specs.append(make_spec(name=f"interval-{k}", task_type="noop", schedule_type="interval",
-                               interval_seconds=every, start_at=start + rng.uniform(0, every)))
+        specs.append(
+            make_spec(
+                name=f"interval-{k}",
+                task_type="noop",
+                schedule_type="interval",
+                interval_seconds=every,
+                start_at=start + rng.uniform(0, every),
+            )
+        )
     for k in range(N_CRON):
         minutes = rng.choice((1, 2, 5, 10, 15, 30))
-        specs.append(make_spec(name=f"cron-{k}", task_type="noop", schedule_type="cron",
-                               cron_expression=f"{rng.randrange(60)} */{minutes} * * * *",
-                               start_at=start))
+        specs.append(
+            make_spec(
+                name=f"cron-{k}",
+                task_type="noop",
+                schedule_type="cron",
+                cron_expression=f"{rng.randrange(60)} */{minutes} * * * *",
+                start_at=start,
+            )
+        )
     for k in range(N_ONCE):
-        specs.append(make_spec(name=f"once-{k}", task_type="noop", schedule_type="once",
-                               execute_at=start + rng.uniform(0, seconds)))
+        specs.append(
+            make_spec(
+                name=f"once-{k}",
+                task_type="noop",
+                schedule_type="once",
+                execute_at=start + rng.uniform(0, seconds),
+            )
+        )
     return specs
 
 
 def idle_specs(now: float, rng: random.Random) -> list[ScheduleSpec]:
     far = now + 7200.0
-    specs = [make_spec(name=f"interval-{k}", task_type="noop", schedule_type="interval",
-                       interval_seconds=3600, start_at=far + rng.uniform(0, 3600))
-             for k in range(N_INTERVAL)]
-    specs += [make_spec(name=f"cron-{k}", task_type="noop", schedule_type="cron",
-                        cron_expression=f"{rng.randrange(60)} 0 1 1 *") for k in range(N_CRON)]
-    specs += [make_spec(name=f"once-{k}", task_type="noop", schedule_type="once",
-                        execute_at=far + k) for k in range(N_ONCE)]
+    specs = [
+        make_spec(
+            name=f"interval-{k}",
+            task_type="noop",
+            schedule_type="interval",
+            interval_seconds=3600,
+            start_at=far + rng.uniform(0, 3600),
+        )
+        for k in range(N_INTERVAL)
+    ]
+    specs += [
+        make_spec(
+            name=f"cron-{k}",
+            task_type="noop",
+            schedule_type="cron",
+            cron_expression=f"{rng.randrange(60)} 0 1 1 *",
+        )
+        for k in range(N_CRON)
+    ]
+    specs += [
+        make_spec(name=f"once-{k}", task_type="noop", schedule_type="once", execute_at=far + k)
+        for k in range(N_ONCE)
+    ]
     return specs
 
 
@@ -112,9 +148,18 @@ def bulk_insert(url: str, specs: list[ScheduleSpec]) -> None:
     for spec in specs:
         validate(spec, now=now)
         anchor = interval_anchor(spec, now)
-        rows.append({"task_id": str(uuid.uuid4()), **spec_columns(spec), "anchor_at": anchor,
-                     "next_run_at": first_fire(spec, now, anchor_epoch=anchor),
-                     "run_count": 0, "created_at": now, "updated_at": now, "source": "api"})
+        rows.append(
+            {
+                "task_id": str(uuid.uuid4()),
+                **spec_columns(spec),
+                "anchor_at": anchor,
+                "next_run_at": first_fire(spec, now, anchor_epoch=anchor),
+                "run_count": 0,
+                "created_at": now,
+                "updated_at": now,
+                "source": "api",
+            }
+        )
     with engine.begin() as conn:
         conn.execute(scheduler_task.insert(), rows)
     engine.dispose()
@@ -131,12 +176,15 @@ class Rig:
         bulk_insert(self.url, specs_for(time.time()))
         self.insert_s = time.perf_counter() - started
         self.broker_pid, self.address = start_broker_process(
-            address=f"{self.dir}/b.sock", authkey=self.authkey,
-            make_broker=lambda: make_broker(broker_kind, self.url))
+            address=f"{self.dir}/b.sock",
+            authkey=self.authkey,
+            make_broker=lambda: make_broker(broker_kind, self.url),
+        )
         self.client = BrokerClient(self.address, self.authkey, timeout_s=30)
         self.queue = Queue(self.client)
-        self.proc = SchedulerProcess(database_url=self.url, address=self.address,
-                                     authkey=self.authkey, task_types=["noop"])
+        self.proc = SchedulerProcess(
+            database_url=self.url, address=self.address, authkey=self.authkey, task_types=["noop"]
+        )
         self.pid = self.proc.start()
         self.ps = psutil.Process(self.pid)
 
@@ -202,13 +250,20 @@ def measure_lag(broker: str, seconds: float, rng: random.Random) -> dict[str, An
         cpu_share = (rig.cpu_s() - cpu0[0]) / (time.monotonic() - cpu0[1])
         doc = rig.status() or {}
         return {
-            "broker": broker, "seconds": seconds, "fires": len(lags), "by_kind": dict(kinds),
-            "p50_ms": 1000 * pct(lags, 50), "p90_ms": 1000 * pct(lags, 90),
-            "p99_ms": 1000 * pct(lags, 99), "max_ms": 1000 * max(lags),
+            "broker": broker,
+            "seconds": seconds,
+            "fires": len(lags),
+            "by_kind": dict(kinds),
+            "p50_ms": 1000 * pct(lags, 50),
+            "p90_ms": 1000 * pct(lags, 90),
+            "p99_ms": 1000 * pct(lags, 99),
+            "max_ms": 1000 * max(lags),
             "mean_ms": 1000 * statistics.fmean(lags),
             "p99_by_kind_ms": {k: round(1000 * pct(v, 99), 2) for k, v in by_kind.items()},
-            "scheduler_cpu": cpu_share, "insert_s": rig.insert_s,
-            "counters": doc.get("counters", {}), "misfires": doc.get("misfires", {}),
+            "scheduler_cpu": cpu_share,
+            "insert_s": rig.insert_s,
+            "counters": doc.get("counters", {}),
+            "misfires": doc.get("misfires", {}),
         }
     finally:
         rig.close()
@@ -221,8 +276,10 @@ def measure_burst(broker: str, n: int, rng: random.Random) -> dict[str, Any]:
     def specs_for(now: float) -> list[ScheduleSpec]:
         due.append(round(now + 6.0))
         rest = idle_specs(now, rng)[n:]
-        return rest + [make_spec(name=f"burst-{k}", task_type="noop", schedule_type="once",
-                                 execute_at=due[0]) for k in range(n)]
+        return rest + [
+            make_spec(name=f"burst-{k}", task_type="noop", schedule_type="once", execute_at=due[0])
+            for k in range(n)
+        ]
 
     rig = Rig(broker, specs_for)
     try:
@@ -234,8 +291,13 @@ def measure_burst(broker: str, n: int, rng: random.Random) -> dict[str, Any]:
             if task is not None:
                 rig.queue.task_done(task["task_id"])
                 lags.append(task["pushed_at"] - task["scheduled_at"])
-        return {"n": n, "fires": len(lags), "p50_ms": 1000 * pct(lags, 50),
-                "p99_ms": 1000 * pct(lags, 99), "max_ms": 1000 * max(lags)}
+        return {
+            "n": n,
+            "fires": len(lags),
+            "p50_ms": 1000 * pct(lags, 50),
+            "p99_ms": 1000 * pct(lags, 99),
+            "max_ms": 1000 * max(lags),
+        }
     finally:
         rig.close()
 
@@ -252,9 +314,14 @@ def measure_idle(broker: str, seconds: float, rng: random.Random) -> dict[str, A
             time.sleep(0.5)
         cpu = rig.cpu_s() - cpu0
         wall = time.monotonic() - t0
-        return {"broker": broker, "seconds": wall, "cpu_s": cpu, "cpu_share": cpu / wall,
-                "enabled": doc["schedules_enabled"], "next_due_in_s":
-                (doc["next_due_at"] or 0) - time.time()}
+        return {
+            "broker": broker,
+            "seconds": wall,
+            "cpu_s": cpu,
+            "cpu_share": cpu / wall,
+            "enabled": doc["schedules_enabled"],
+            "next_due_in_s": (doc["next_due_at"] or 0) - time.time(),
+        }
     finally:
         rig.close()
 
@@ -264,8 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="fire-lag window (s)")
     p.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window (s)")
     p.add_argument("--broker", choices=("memory", "durable"), default="memory")
-    p.add_argument("--burst", type=int, default=1000,
-                   help="schedules due at one instant, for the burst figure (0: skip it)")
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=1000,
+        help="schedules due at one instant, for the burst figure (0: skip it)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -279,24 +350,33 @@ def main(argv: list[str] | None = None) -> int:
     burst = measure_burst(args.broker, args.burst, rng) if args.burst else None
     ok_lag = "PASS" if lag["p99_ms"] <= 1000 * LAG_TARGET_S else "MISS"
     ok_cpu = "PASS" if idle["cpu_share"] <= CPU_TARGET else "MISS"
-    print(f"schedules: {N_INTERVAL} interval + {N_CRON} cron + {N_ONCE} once "
-          f"(inserted in {lag['insert_s']:.1f} s); broker: {args.broker}")
-    print(f"fire lag over {lag['seconds']:g} s, {lag['fires']} fires {lag['by_kind']}: "
-          f"p50 {lag['p50_ms']:.2f} ms, p90 {lag['p90_ms']:.2f} ms, p99 {lag['p99_ms']:.2f} ms, "
-          f"max {lag['max_ms']:.2f} ms  [{ok_lag}: p99 <= 50 ms]")
-    print(f"  p99 by type (ms): {lag['p99_by_kind_ms']}; scheduler CPU while firing: "
-          f"{100 * lag['scheduler_cpu']:.1f} % of a core")
+    print(
+        f"schedules: {N_INTERVAL} interval + {N_CRON} cron + {N_ONCE} once "
+        f"(inserted in {lag['insert_s']:.1f} s); broker: {args.broker}"
+    )
+    print(
+        f"fire lag over {lag['seconds']:g} s, {lag['fires']} fires {lag['by_kind']}: "
+        f"p50 {lag['p50_ms']:.2f} ms, p90 {lag['p90_ms']:.2f} ms, p99 {lag['p99_ms']:.2f} ms, "
+        f"max {lag['max_ms']:.2f} ms  [{ok_lag}: p99 <= 50 ms]"
+    )
+    print(
+        f"  p99 by type (ms): {lag['p99_by_kind_ms']}; scheduler CPU while firing: "
+        f"{100 * lag['scheduler_cpu']:.1f} % of a core"
+    )
     print(f"  scheduler counters: {json.dumps(lag['counters'])}; misfires {lag['misfires']}")
-    print(f"idle: {idle['enabled']} enabled, next due in {idle['next_due_in_s']:.0f} s: "
-          f"scheduler CPU {idle['cpu_s'] * 1000:.0f} ms over {idle['seconds']:.1f} s = "
-          f"{100 * idle['cpu_share']:.2f} % of a core  [{ok_cpu}: <= 2 %]")
+    print(
+        f"idle: {idle['enabled']} enabled, next due in {idle['next_due_in_s']:.0f} s: "
+        f"scheduler CPU {idle['cpu_s'] * 1000:.0f} ms over {idle['seconds']:.1f} s = "
+        f"{100 * idle['cpu_share']:.2f} % of a core  [{ok_cpu}: <= 2 %]"
+    )
     if burst is not None:
-        print(f"burst (information): {burst['n']} schedules due at one instant: "
-              f"p50 {burst['p50_ms']:.1f} ms, p99 {burst['p99_ms']:.1f} ms, "
-              f"max {burst['max_ms']:.1f} ms")
+        print(
+            f"burst (information): {burst['n']} schedules due at one instant: "
+            f"p50 {burst['p50_ms']:.1f} ms, p99 {burst['p99_ms']:.1f} ms, "
+            f"max {burst['max_ms']:.1f} ms"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"lag": lag, "idle": idle, "burst": burst},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"lag": lag, "idle": idle, "burst": burst}, indent=2))
     return 0
 
 

@@ -24,7 +24,10 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     for f in FIELDS:
         if f.kind is bool:
             g.add_argument(
-                f.flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                f.flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
                 help=f.help,
             )
             continue
@@ -138,6 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.critical("{}", exc)
         return int(ExitCode.APP_IMPORT)
     log.debug("settings: {}", settings.public_dict())
+
     def declared(s: Settings) -> list[Any]:
         """Schedules from the config file's [[schedules]] and the app's SCHEDULES."""
         from supervisor.config import read_config_file
@@ -149,13 +153,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         names = registry.names()
         doc = read_config_file(s.config_file) if s.config_file else {}
-        return merge_declared(schedules_from_config(doc, known_task_types=names),
-                              schedules_from_app(s.app or "", known_task_types=names))
+        return merge_declared(
+            schedules_from_config(doc, known_task_types=names),
+            schedules_from_app(s.app or "", known_task_types=names),
+        )
 
     if settings.scheduler:
         declared(settings)  # a bad schedule is a usage error now, not a surprise later
-    return Master(settings=settings, registry=registry, reload_settings=reload,
-                  declared_schedules=declared).run()
+    return Master(
+        settings=settings, registry=registry, reload_settings=reload, declared_schedules=declared
+    ).run()
 
 
 def cmd_push(args: argparse.Namespace) -> int:

@@ -69,57 +69,129 @@ FIELDS: tuple[Field, ...] = (
         secret=True,
         nullable=True,
     ),
-    Field("graceful_timeout", float, 25.0, "seconds running tasks get to finish on TERM",
-          minimum=0),
-    Field("default_timeout", float, 300.0, "hard timeout of a task type that sets none (s)",
-          minimum=0.01),
-    Field("default_soft_timeout", float, None, "soft timeout of a task type that sets none (s)",
-          minimum=0.01, nullable=True),
+    Field(
+        "graceful_timeout", float, 25.0, "seconds running tasks get to finish on TERM", minimum=0
+    ),
+    Field(
+        "default_timeout",
+        float,
+        300.0,
+        "hard timeout of a task type that sets none (s)",
+        minimum=0.01,
+    ),
+    Field(
+        "default_soft_timeout",
+        float,
+        None,
+        "soft timeout of a task type that sets none (s)",
+        minimum=0.01,
+        nullable=True,
+    ),
     Field("max_retries", int, 3, "retries of a task type that sets none", minimum=0),
     Field("backoff_base", float, 1.0, "first retry delay before jitter (s)", minimum=0),
     Field("backoff_cap", float, 300.0, "largest retry delay (s)", minimum=0),
-    Field("max_tasks_per_child", int, 0, "recycle a worker after this many tasks (0: never)",
-          minimum=0),
+    Field(
+        "max_tasks_per_child",
+        int,
+        0,
+        "recycle a worker after this many tasks (0: never)",
+        minimum=0,
+    ),
     Field("max_tasks_per_child_jitter", int, 0, "random extra tasks before recycling", minimum=0),
-    Field("max_memory_per_child", int, 0,
-          "recycle a worker whose RSS passes this many MiB (0: off)", minimum=0),
-    Field("cancel_grace", float, 10.0,
-          "seconds a cancelled running task gets to stop before its worker is killed",
-          minimum=0),
-    Field("heartbeat_timeout", float, 30.0, "an idle worker silent this long is hung (s)",
-          minimum=0.5),
-    Field("crash_limit", int, 30,
-          "more crashes than this within crash_window stop the master (0: off)", minimum=0),
+    Field(
+        "max_memory_per_child",
+        int,
+        0,
+        "recycle a worker whose RSS passes this many MiB (0: off)",
+        minimum=0,
+    ),
+    Field(
+        "cancel_grace",
+        float,
+        10.0,
+        "seconds a cancelled running task gets to stop before its worker is killed",
+        minimum=0,
+    ),
+    Field(
+        "heartbeat_timeout", float, 30.0, "an idle worker silent this long is hung (s)", minimum=0.5
+    ),
+    Field(
+        "crash_limit",
+        int,
+        30,
+        "more crashes than this within crash_window stop the master (0: off)",
+        minimum=0,
+    ),
     Field("crash_window", float, 60.0, "window of the crash-loop breaker (s)", minimum=0.1),
     Field("restart_backoff_cap", float, 10.0, "largest per-slot respawn delay (s)", minimum=0),
-    Field("max_payload_bytes", int, 1048576, "largest pickled task params or store value",
-          minimum=1),
-    Field("max_result_bytes", int, 1048576,
-          "largest task result kept (as JSON); a larger one fails the task", minimum=1),
+    Field(
+        "max_payload_bytes", int, 1048576, "largest pickled task params or store value", minimum=1
+    ),
+    Field(
+        "max_result_bytes",
+        int,
+        1048576,
+        "largest task result kept (as JSON); a larger one fails the task",
+        minimum=1,
+    ),
     Field("finished_records", int, 10000, "finished task records kept in memory", minimum=0),
-    Field("log_format", str, "auto", "log format: text, json, or auto (text on a terminal)",
-          choices=("auto", "text", "json")),
-    Field("log_level", str, "INFO", "minimum log level",
-          choices=("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")),
+    Field(
+        "log_format",
+        str,
+        "auto",
+        "log format: text, json, or auto (text on a terminal)",
+        choices=("auto", "text", "json"),
+    ),
+    Field(
+        "log_level",
+        str,
+        "INFO",
+        "minimum log level",
+        choices=("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"),
+    ),
     Field("log_file", str, None, "also log to this file (reopened on USR1)", nullable=True),
-    Field("database", str, "sqlite:///supervisor.db",
-          "SQLAlchemy URL of the schedules database (SQLite file in the working directory)"),
-    Field("durability", str, "journal",
-          "journal: every task is committed to the database before push returns and survives "
-          "a crash; none: in memory only", choices=("journal", "none")),
-    Field("result_ttl", float, 7 * 86400.0, "how long succeeded task records are kept (s)",
-          minimum=1),
-    Field("failure_ttl", float, 30 * 86400.0,
-          "how long dead and cancelled task records are kept (s)", minimum=1),
+    Field(
+        "database",
+        str,
+        "sqlite:///supervisor.db",
+        "SQLAlchemy URL of the schedules database (SQLite file in the working directory)",
+    ),
+    Field(
+        "durability",
+        str,
+        "journal",
+        "journal: every task is committed to the database before push returns and survives "
+        "a crash; none: in memory only",
+        choices=("journal", "none"),
+    ),
+    Field(
+        "result_ttl", float, 7 * 86400.0, "how long succeeded task records are kept (s)", minimum=1
+    ),
+    Field(
+        "failure_ttl",
+        float,
+        30 * 86400.0,
+        "how long dead and cancelled task records are kept (s)",
+        minimum=1,
+    ),
     Field("scheduler", bool, True, "run the scheduler (--no-scheduler: workers only)"),
     Field("metrics", bool, True, "serve /metrics, /livez and /readyz over HTTP"),
     Field("metrics_host", str, "127.0.0.1", "address the HTTP endpoints listen on"),
-    Field("api_token", str, None,
-          "bearer token for the JSON API's write calls (none: write calls refused)",
-          secret=True, nullable=True),
-    Field("metrics_port", int, 9810,
-          "port of the HTTP endpoints (0: any free port, see RUN_DIR/http_address)",
-          minimum=0),
+    Field(
+        "api_token",
+        str,
+        None,
+        "bearer token for the JSON API's write calls (none: write calls refused)",
+        secret=True,
+        nullable=True,
+    ),
+    Field(
+        "metrics_port",
+        int,
+        9810,
+        "port of the HTTP endpoints (0: any free port, see RUN_DIR/http_address)",
+        minimum=0,
+    ),
 )
 
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
@@ -212,8 +284,9 @@ def _convert(f: Field, raw: Any, source: str) -> Any:
                 raise ConfigError(f"{f.name}: a value is required, got {shown} (from {source})")
             value = raw
     except (TypeError, ValueError):
-        expected = {int: "an integer", float: "a number", str: "a string",
-                    bool: "true or false"}[f.kind]
+        expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[
+            f.kind
+        ]
         raise ConfigError(f"{f.name}: expected {expected}, got {shown} (from {source})") from None
     if f.choices:
         norm = value.upper() if f.name == "log_level" else value.lower()
@@ -224,12 +297,21 @@ def _convert(f: Field, raw: Any, source: str) -> Any:
         value = norm
     if f.minimum is not None and value < f.minimum:
         raise ConfigError(
-            f"{f.name}: expected a value >= {f.minimum:g}, got {shown} (from {source})")
+            f"{f.name}: expected a value >= {f.minimum:g}, got {shown} (from {source})"
+        )
     return value
 
 
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
-          "false": False, "0": False, "no": False, "off": False}
+_BOOLS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

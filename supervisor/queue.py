@@ -51,8 +51,10 @@ def build_message(
     producer's clock skew nor a broker's injected clock shifts it.
     """
     if not isinstance(task, dict):
-        raise TaskError(f"a task must be a dict like {{'type': ..., 'params': {{...}}}}, "
-                        f"got {type(task).__name__}")
+        raise TaskError(
+            f"a task must be a dict like {{'type': ..., 'params': {{...}}}}, "
+            f"got {type(task).__name__}"
+        )
     unknown = set(task) - _TASK_KEYS
     if unknown:
         raise TaskError(f"unknown task key(s) {sorted(unknown)}; known: {sorted(_TASK_KEYS)}")
@@ -65,12 +67,16 @@ def build_message(
     delay = delay if delay is not None else task.get("delay")
     eta = task.get("eta")
     if delay is not None:
-        if (isinstance(delay, bool) or not isinstance(delay, int | float)
-                or not 0 <= delay < math.inf):
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not 0 <= delay < math.inf
+        ):
             raise TaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
         eta = None
-    elif eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)
-                              or not math.isfinite(eta)):
+    elif eta is not None and (
+        isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta)
+    ):
         raise TaskError(f"eta must be epoch seconds, got {eta!r}")
     params = task.get("params", {})
     blob = payload.dumps(params, what=f"params of task type {task_type!r}", limit=max_payload_bytes)
@@ -105,17 +111,20 @@ class Queue:
         self._caller = caller
         self.max_payload_bytes = max_payload_bytes
         self._consumer_prefix = (
-            f"client:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+            f"client:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
         self._counter = itertools.count()
         self._held: dict[str, str] = {}  # task id -> consumer (for task_done)
         self._last = threading.local()
 
     # -- tasks -------------------------------------------------------------------------------
-    def push_task(self, task: dict[str, Any], priority: int | None = None,
-                  delay: float | None = None) -> str:
+    def push_task(
+        self, task: dict[str, Any], priority: int | None = None, delay: float | None = None
+    ) -> str:
         """Queue one task; return its id. Keys: type, params, task_id, priority, delay, eta."""
-        msg = build_message(task, priority=priority, delay=delay,
-                            max_payload_bytes=self.max_payload_bytes)
+        msg = build_message(
+            task, priority=priority, delay=delay, max_payload_bytes=self.max_payload_bytes
+        )
         return str(self._caller.call("push", msg))
 
     def push_tasks(self, tasks: Iterable[dict[str, Any]]) -> list[str]:
@@ -145,8 +154,11 @@ class Queue:
         self, task_id: str | None = None, error: str = "", *, retry: bool = True
     ) -> None:
         """Mark a popped task failed: retried per its policy, or dead at once."""
-        outcome = ("failed", {"reason": "error", "error": error}) if retry else (
-            "invalid", {"error": error})
+        outcome = (
+            ("failed", {"reason": "error", "error": error})
+            if retry
+            else ("invalid", {"error": error})
+        )
         self._settle(task_id, outcome)
 
     def _settle(self, task_id: str | None, outcome: tuple[str, Any]) -> None:
@@ -173,8 +185,13 @@ class Queue:
 
     get_task_state = get_task
 
-    def list_tasks(self, status: str | None = None, type: str | None = None,
-                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_tasks(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
         """Task records, newest first, filtered by status, type and push time."""
         rows = self._caller.call("list_tasks", status, type, since, limit)
         return [_decoded_or_raw(r) for r in rows]
@@ -201,8 +218,9 @@ class Queue:
 
     # -- public store ------------------------------------------------------------------------
     def set_public(self, key: str, value: Any, ttl: float | None = None) -> None:
-        blob = payload.dumps(value, what=f"value of store key {key!r}",
-                             limit=self.max_payload_bytes)
+        blob = payload.dumps(
+            value, what=f"value of store key {key!r}", limit=self.max_payload_bytes
+        )
         self._caller.call("set_public", key, blob, ttl)
 
     def get_public(self, key: str, default: Any = None) -> Any:

@@ -37,20 +37,25 @@ class TaskOptions:
     def validate(self, name: str) -> None:
         for fld in ("timeout_s", "soft_timeout_s", "backoff_base_s", "backoff_cap_s"):
             value = getattr(self, fld)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or not value > 0):  # "not > 0" also refuses NaN
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):  # "not > 0" also refuses NaN
                 raise TaskError(
-                    f"task type {name!r}: {fld} must be a positive number, got {value!r}")
+                    f"task type {name!r}: {fld} must be a positive number, got {value!r}"
+                )
         if self.max_retries is not None and (
-            isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int)
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
             or self.max_retries < 0
         ):
-            raise TaskError(f"task type {name!r}: max_retries must be an integer >= 0, "
-                            f"got {self.max_retries!r}")
+            raise TaskError(
+                f"task type {name!r}: max_retries must be an integer >= 0, got {self.max_retries!r}"
+            )
         check_priority(self.priority, what=f"task type {name!r}: priority")
         if not isinstance(self.queue, str) or not self.queue:
-            raise TaskError(f"task type {name!r}: queue must be a non-empty string, "
-                            f"got {self.queue!r}")
+            raise TaskError(
+                f"task type {name!r}: queue must be a non-empty string, got {self.queue!r}"
+            )
 
     def resolved(
         self,
@@ -77,8 +82,9 @@ def _unset_to(value: Any, default: Any) -> Any:
 
 def check_priority(value: Any, *, what: str = "priority") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskError(f"{what} must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, "
-                        f"got {value!r}")
+        raise TaskError(
+            f"{what} must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value!r}"
+        )
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise TaskError(f"{what} must be from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value}")
     return value
@@ -106,8 +112,9 @@ class TaskRegistry:
         known = [f.name for f in dataclasses.fields(TaskOptions)]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise TaskError(f"task type {name!r}: unknown option(s) {unknown}; "
-                            f"known: {', '.join(known)}")
+            raise TaskError(
+                f"task type {name!r}: unknown option(s) {unknown}; known: {', '.join(known)}"
+            )
         opts = TaskOptions(**options)
         opts.validate(name)
         self._handlers[name] = handler
@@ -189,12 +196,15 @@ def load_app(spec: str) -> TaskRegistry:
         if isinstance(exc, KeyboardInterrupt):
             raise
         tb = "".join(traceback.format_exception(exc))
-        raise AppImportError(f"cannot import task app module {module_name!r}: "
-                             f"{type(exc).__name__}: {exc}\n{tb}") from None
+        raise AppImportError(
+            f"cannot import task app module {module_name!r}: {type(exc).__name__}: {exc}\n{tb}"
+        ) from None
     candidates = [attr] if attr else [a for a in _APP_ATTRS if hasattr(module, a)]
     if not candidates:
-        raise AppImportError(f"module {module_name!r} has none of {', '.join(_APP_ATTRS)}; "
-                             f"name the registry with --app {module_name}:ATTR")
+        raise AppImportError(
+            f"module {module_name!r} has none of {', '.join(_APP_ATTRS)}; "
+            f"name the registry with --app {module_name}:ATTR"
+        )
     try:
         obj = getattr(module, candidates[0])
     except AttributeError:
@@ -206,5 +216,7 @@ def load_app(spec: str) -> TaskRegistry:
             return TaskRegistry.from_mapping(obj)
         except TaskError as exc:
             raise AppImportError(f"{spec}: {exc}") from None
-    raise AppImportError(f"{module_name}:{candidates[0]} is a {type(obj).__name__}, "
-                         "expected a TaskRegistry or a dict of handlers")
+    raise AppImportError(
+        f"{module_name}:{candidates[0]} is a {type(obj).__name__}, "
+        "expected a TaskRegistry or a dict of handlers"
+    )

@@ -56,8 +56,11 @@ class SchedulerChild:
             return
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == ExitCode.USAGE:
             self.given_up = True
-            self.log.critical("the scheduler cannot work with this configuration ({}); "
-                              "running without it (see its error above)", how)
+            self.log.critical(
+                "the scheduler cannot work with this configuration ({}); "
+                "running without it (see its error above)",
+                how,
+            )
             return
         if now - self.started_at >= HEALTHY_AFTER_S:
             self.backoff.healthy()

@@ -17,19 +17,37 @@ EMPTY, BOOTING, IDLE, BUSY, EXITING = 0, 1, 2, 3, 4
 STATE_NAMES = {EMPTY: "empty", BOOTING: "booting", IDLE: "idle", BUSY: "busy", EXITING: "exiting"}
 
 NO_REASON, EXIT_SHUTDOWN, EXIT_RECYCLE_TASKS, EXIT_RECYCLE_MEMORY, EXIT_PARENT_GONE = 0, 1, 2, 3, 4
-EXIT_REASONS = {NO_REASON: "", EXIT_SHUTDOWN: "shutdown", EXIT_RECYCLE_TASKS: "recycle-tasks",
-                EXIT_RECYCLE_MEMORY: "recycle-memory", EXIT_PARENT_GONE: "parent-gone"}
+EXIT_REASONS = {
+    NO_REASON: "",
+    EXIT_SHUTDOWN: "shutdown",
+    EXIT_RECYCLE_TASKS: "recycle-tasks",
+    EXIT_RECYCLE_MEMORY: "recycle-memory",
+    EXIT_PARENT_GONE: "parent-gone",
+}
 
 # pid, state, exit_reason, heartbeat, task_started, deadline, tasks_done, recycle_request,
 # task_id, task_type, cancel_request
 _FMT = struct.Struct("@qiidddqi100s100si")  # 256 bytes: records stay 8-aligned
-_NAMES = ("pid", "state", "exit_reason", "heartbeat", "task_started", "deadline", "tasks_done",
-          "recycle_request", "task_id", "task_type", "cancel_request")
+_NAMES = (
+    "pid",
+    "state",
+    "exit_reason",
+    "heartbeat",
+    "task_started",
+    "deadline",
+    "tasks_done",
+    "recycle_request",
+    "task_id",
+    "task_type",
+    "cancel_request",
+)
 _CODES = ("q", "i", "i", "d", "d", "d", "q", "i", "100s", "100s", "i")
 # name -> (offset in the record, a compiled struct for that one field)
 _FIELDS = {
-    name: (struct.calcsize("@" + "".join(_CODES[:i]) + code) - struct.calcsize("@" + code),
-           struct.Struct("@" + code))
+    name: (
+        struct.calcsize("@" + "".join(_CODES[:i]) + code) - struct.calcsize("@" + code),
+        struct.Struct("@" + code),
+    )
     for i, (name, code) in enumerate(zip(_NAMES, _CODES, strict=True))
 }
 assert _FMT.size == 256
@@ -74,9 +92,20 @@ class Scoreboard:
 
     def read(self, slot: int) -> SlotView:
         v = _FMT.unpack_from(self._mm, self._offset(slot))
-        return SlotView(slot, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-                        v[8].rstrip(b"\0").decode(errors="replace"),
-                        v[9].rstrip(b"\0").decode(errors="replace"), v[10])
+        return SlotView(
+            slot,
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            v[6],
+            v[7],
+            v[8].rstrip(b"\0").decode(errors="replace"),
+            v[9].rstrip(b"\0").decode(errors="replace"),
+            v[10],
+        )
 
     def field(self, slot: int, name: str) -> object:
         """One field, without decoding the whole record (the worker's per-task checks)."""
@@ -100,15 +129,31 @@ class Scoreboard:
     def heartbeat(self, slot: int, now: float, state: int = IDLE) -> None:
         self._update(slot, heartbeat=now, state=state)
 
-    def begin_task(self, slot: int, task_id: str, task_type: str, now: float,
-                   deadline: float) -> None:
-        self._update(slot, state=BUSY, heartbeat=now, task_started=now, deadline=deadline,
-                     task_id=task_id.encode()[:100], task_type=task_type.encode()[:100],
-                     cancel_request=0)
+    def begin_task(
+        self, slot: int, task_id: str, task_type: str, now: float, deadline: float
+    ) -> None:
+        self._update(
+            slot,
+            state=BUSY,
+            heartbeat=now,
+            task_started=now,
+            deadline=deadline,
+            task_id=task_id.encode()[:100],
+            task_type=task_type.encode()[:100],
+            cancel_request=0,
+        )
 
     def end_task(self, slot: int, now: float, tasks_done: int) -> None:
-        self._update(slot, state=IDLE, heartbeat=now, task_started=0.0, deadline=0.0,
-                     tasks_done=tasks_done, task_id=b"", task_type=b"")
+        self._update(
+            slot,
+            state=IDLE,
+            heartbeat=now,
+            task_started=0.0,
+            deadline=0.0,
+            tasks_done=tasks_done,
+            task_id=b"",
+            task_type=b"",
+        )
 
     def exiting(self, slot: int, reason: int) -> None:
         self._update(slot, state=EXITING, exit_reason=reason)

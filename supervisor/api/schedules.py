@@ -7,9 +7,22 @@ from typing import Any
 
 import sqlalchemy as sa
 
-_KEYS = ("task_id", "name", "task_type", "schedule_type", "enabled", "next_run_at", "run_count",
-         "interval_seconds", "cron_expression", "execute_at", "timezone", "priority",
-         "max_runs", "description")
+_KEYS = (
+    "task_id",
+    "name",
+    "task_type",
+    "schedule_type",
+    "enabled",
+    "next_run_at",
+    "run_count",
+    "interval_seconds",
+    "cron_expression",
+    "execute_at",
+    "timezone",
+    "priority",
+    "max_runs",
+    "description",
+)
 
 
 class ScheduleLister:

@@ -51,18 +51,28 @@ class ControlMixin:
     def pending_cancels(self) -> list[tuple[str, str, float]]:
         """(consumer, task id, requested at) of running tasks a user cancelled."""
         with self._cond:
-            return [(c, t, r.cancel_requested_at) for c, t in self._held.items()
-                    if (r := self._active.get(t)) is not None
-                    and r.cancel_requested_at is not None]
+            return [
+                (c, t, r.cancel_requested_at)
+                for c, t in self._held.items()
+                if (r := self._active.get(t)) is not None and r.cancel_requested_at is not None
+            ]
 
-    def list_tasks(self, status: str | None = None, task_type: str | None = None,
-                   since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list_tasks(
+        self,
+        status: str | None = None,
+        task_type: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
         """Task records in memory, newest first (the durable broker reads its database)."""
         with self._cond:
-            recs = [r for r in (*self._active.values(), *self._finished.values())
-                    if (status is None or r.status == status)
-                    and (task_type is None or r.type == task_type)
-                    and (since is None or r.pushed_at >= since)]
+            recs = [
+                r
+                for r in (*self._active.values(), *self._finished.values())
+                if (status is None or r.status == status)
+                and (task_type is None or r.type == task_type)
+                and (since is None or r.pushed_at >= since)
+            ]
             recs.sort(key=lambda r: r.pushed_at, reverse=True)
             return [r.as_dict() for r in recs[: max(1, limit)]]
 
@@ -74,12 +84,17 @@ class ControlMixin:
     def purge(self, status: str, older_than_s: float) -> int:
         """Forget finished records of ``status`` that finished more than ``older_than_s`` ago."""
         if status not in base.FINAL_STATUSES:
-            raise TaskError(f"only finished tasks can be purged "
-                            f"({', '.join(base.FINAL_STATUSES)}), got {status!r}")
+            raise TaskError(
+                f"only finished tasks can be purged "
+                f"({', '.join(base.FINAL_STATUSES)}), got {status!r}"
+            )
         with self._cond:
             cutoff = self._clock() - older_than_s
-            old = [t for t, r in self._finished.items()
-                   if r.status == status and (r.finished_at or 0) < cutoff]
+            old = [
+                t
+                for t, r in self._finished.items()
+                if r.status == status and (r.finished_at or 0) < cutoff
+            ]
             for t in old:
                 self._uncount(self._finished.pop(t))
             return len(old)
@@ -88,4 +103,3 @@ class ControlMixin:
         """consumer -> task id, for every task being run now."""
         with self._cond:
             return dict(self._held)
-

@@ -73,9 +73,7 @@ class DurableBroker(MemoryBroker):
         self._journal_rec(rec)
 
     # -- the worker's hot path ---------------------------------------------------------------
-    def exchange(
-        self, consumer: str, report: Any, wait_s: float | None
-    ) -> dict[str, Any] | None:
+    def exchange(self, consumer: str, report: Any, wait_s: float | None) -> dict[str, Any] | None:
         # The worker's hot path: the outcome of its last task and the hand-out of the next are
         # journaled in one write, under the broker's (reentrant) lock so that the log keeps the
         # broker's order. Only when nothing is ready does it wait, as a plain pop.

@@ -65,11 +65,24 @@ COLUMNS = [c.name for c in task_record.columns]
 def snapshot(rec: TaskRecord) -> tuple[Any, ...]:
     """The row for ``rec`` as it is now, in ``COLUMNS`` order (taken under the broker's lock)."""
     return (
-        rec.task_id, rec.type, rec.params, rec.priority, rec.status, rec.attempts, rec.seq,
-        rec.eta, rec.pushed_at, rec.started_at, rec.finished_at, rec.consumer,
+        rec.task_id,
+        rec.type,
+        rec.params,
+        rec.priority,
+        rec.status,
+        rec.attempts,
+        rec.seq,
+        rec.eta,
+        rec.pushed_at,
+        rec.started_at,
+        rec.finished_at,
+        rec.consumer,
         None if rec.result is None else json.dumps(rec.result),
         json.dumps(rec.errors) if rec.errors else None,
-        rec.schedule_id, rec.scheduled_at, rec.unique_key, rec.cancel_requested_at,
+        rec.schedule_id,
+        rec.scheduled_at,
+        rec.unique_key,
+        rec.cancel_requested_at,
     )
 
 

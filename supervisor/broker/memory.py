@@ -46,8 +46,10 @@ def _unique_key(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN:
-        raise TaskError(f"unique_key must be a non-empty string of at most {MAX_ID_LEN} "
-                        f"characters, got {value!r}")
+        raise TaskError(
+            f"unique_key must be a non-empty string of at most {MAX_ID_LEN} "
+            f"characters, got {value!r}"
+        )
     return value
 
 
@@ -138,35 +140,50 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
             raise UnknownTaskType(f"task type {task_type!r} is not registered; known: {known}")
         params = msg.get("params", b"")
         if not isinstance(params, bytes):
-            raise TaskError("task params must reach the broker pickled (bytes); "
-                            "push through supervisor.connect() or get_queue()")
+            raise TaskError(
+                "task params must reach the broker pickled (bytes); "
+                "push through supervisor.connect() or get_queue()"
+            )
         if len(params) > self._max_payload:
-            raise TaskError(f"params of task type {task_type!r} are {len(params)} bytes pickled; "
-                            f"the limit is {self._max_payload} (max_payload_bytes)")
+            raise TaskError(
+                f"params of task type {task_type!r} are {len(params)} bytes pickled; "
+                f"the limit is {self._max_payload} (max_payload_bytes)"
+            )
         priority = msg.get("priority")
         priority = self._options(task_type).priority if priority is None else priority
         check_priority(priority)
         task_id = msg.get("task_id") or str(uuid.uuid4())
         if not isinstance(task_id, str) or len(task_id) > MAX_ID_LEN:
-            raise TaskError(f"task_id must be a string of at most {MAX_ID_LEN} characters, "
-                            f"got {task_id!r}")
+            raise TaskError(
+                f"task_id must be a string of at most {MAX_ID_LEN} characters, got {task_id!r}"
+            )
         if task_id in self._active:
             raise TaskError(f"task id {task_id!r} is already {self._active[task_id].status}")
         eta = msg.get("eta")
-        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, int | float)
-                                or not math.isfinite(eta)):
+        if eta is not None and (
+            isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta)
+        ):
             raise TaskError(f"eta must be epoch seconds, got {eta!r}")
         delay = msg.get("delay")
-        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
-                                  or not 0 <= delay < math.inf):
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not 0 <= delay < math.inf
+        ):
             raise TaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
         now = self._clock()
         if delay is not None:  # on the broker's clock: a producer's clock may be skewed
             eta = now + delay
         return TaskRecord(
-            task_id=task_id, type=task_type, params=params, priority=priority,
-            status=base.QUEUED, pushed_at=now, eta=float(eta) if eta is not None else None,
-            schedule_id=msg.get("schedule_id"), scheduled_at=msg.get("scheduled_at"),
+            task_id=task_id,
+            type=task_type,
+            params=params,
+            priority=priority,
+            status=base.QUEUED,
+            pushed_at=now,
+            eta=float(eta) if eta is not None else None,
+            schedule_id=msg.get("schedule_id"),
+            scheduled_at=msg.get("scheduled_at"),
             unique_key=_unique_key(msg.get("unique_key")),
         )
 
@@ -315,8 +332,10 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
                 if not self._dispatching:
                     return None
                 if consumer in self._held:
-                    raise TaskError(f"consumer {consumer!r} still holds task "
-                                    f"{self._held[consumer]!r}: report it first")
+                    raise TaskError(
+                        f"consumer {consumer!r} still holds task "
+                        f"{self._held[consumer]!r}: report it first"
+                    )
                 now = self._clock()
                 msg = self._take(consumer, now)
                 if msg is not None:
@@ -353,12 +372,16 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
             self._events.append(("finished", rec.type, status, now - rec.started_at))
 
     def _fail(self, rec: TaskRecord, reason: str, detail: dict[str, Any], now: float) -> None:
-        rec.errors.append({
-            "attempt": rec.attempts, "reason": reason, "at": now,
-            "error": str(detail.get("error", ""))[:4000],
-            "traceback": str(detail.get("traceback", ""))[-16000:],
-            "exit_status": detail.get("exit_status"),
-        })
+        rec.errors.append(
+            {
+                "attempt": rec.attempts,
+                "reason": reason,
+                "at": now,
+                "error": str(detail.get("error", ""))[:4000],
+                "traceback": str(detail.get("traceback", ""))[-16000:],
+                "exit_status": detail.get("exit_status"),
+            }
+        )
         rec.consumer = None
         rec.lease_until = None
         if rec.cancel_requested_at is not None or reason == base.REASON_CANCELLED:
@@ -377,8 +400,10 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         delay = detail.get("delay")
         if delay is None:
             delay = compute_backoff(
-                rec.attempts, base_s=self._option(rec.type, "backoff_base_s", 1.0),
-                cap_s=self._option(rec.type, "backoff_cap_s", 300.0), rng=self._rng,
+                rec.attempts,
+                base_s=self._option(rec.type, "backoff_base_s", 1.0),
+                cap_s=self._option(rec.type, "backoff_cap_s", 300.0),
+                rng=self._rng,
             )
         rec.eta = now + max(0.0, float(delay))
         self.counters[("retried", rec.type, reason)] += 1
@@ -511,13 +536,20 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         with self._cond:
             now = self._clock()
             promoted = self._promote(now)
-            expired = [(c, t) for c, t in self._held.items()
-                       if (r := self._active.get(t)) is not None
-                       and r.lease_until is not None and r.lease_until <= now]
+            expired = [
+                (c, t)
+                for c, t in self._held.items()
+                if (r := self._active.get(t)) is not None
+                and r.lease_until is not None
+                and r.lease_until <= now
+            ]
             for consumer, task_id in expired:
                 del self._held[consumer]
-                self._fail(self._active[task_id], base.REASON_TIMEOUT,
-                           {"error": f"lease of consumer {consumer} expired"}, now)
+                self._fail(
+                    self._active[task_id],
+                    base.REASON_TIMEOUT,
+                    {"error": f"lease of consumer {consumer} expired"},
+                    now,
+                )
         swept = self.store.cleanup()
         return {"promoted": promoted, "leases_expired": len(expired), "keys_expired": swept}
-

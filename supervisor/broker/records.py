@@ -32,21 +32,36 @@ class TaskRecord:
     def message(self) -> dict[str, Any]:
         """What a consumer receives (see :mod:`supervisor.broker.base`)."""
         return {
-            "task_id": self.task_id, "type": self.type, "params": self.params,
-            "priority": self.priority, "attempt": self.attempts, "pushed_at": self.pushed_at,
-            "scheduled_at": self.scheduled_at, "schedule_id": self.schedule_id,
+            "task_id": self.task_id,
+            "type": self.type,
+            "params": self.params,
+            "priority": self.priority,
+            "attempt": self.attempts,
+            "pushed_at": self.pushed_at,
+            "scheduled_at": self.scheduled_at,
+            "schedule_id": self.schedule_id,
         }
 
     def as_dict(self) -> dict[str, Any]:
         last = self.errors[-1] if self.errors else None
         return {
-            "task_id": self.task_id, "type": self.type, "params": self.params,
-            "priority": self.priority, "status": self.status, "attempts": self.attempts,
-            "pushed_at": self.pushed_at, "eta": self.eta, "started_at": self.started_at,
-            "finished_at": self.finished_at, "consumer": self.consumer, "result": self.result,
+            "task_id": self.task_id,
+            "type": self.type,
+            "params": self.params,
+            "priority": self.priority,
+            "status": self.status,
+            "attempts": self.attempts,
+            "pushed_at": self.pushed_at,
+            "eta": self.eta,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "consumer": self.consumer,
+            "result": self.result,
             "errors": [dict(e) for e in self.errors],
             "error": last["error"] if last else None,
             "traceback": last["traceback"] if last else None,
-            "schedule_id": self.schedule_id, "scheduled_at": self.scheduled_at,
-            "unique_key": self.unique_key, "cancel_requested_at": self.cancel_requested_at,
+            "schedule_id": self.schedule_id,
+            "scheduled_at": self.scheduled_at,
+            "unique_key": self.unique_key,
+            "cancel_requested_at": self.cancel_requested_at,
         }

@@ -26,8 +26,12 @@ def check_key(key: object) -> str:
 def check_ttl(ttl: object) -> float | None:
     if ttl is None:
         return None
-    if (isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
-            or ttl == float("inf")):
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not ttl > 0
+        or ttl == float("inf")
+    ):
         raise StoreError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
     return float(ttl)
 

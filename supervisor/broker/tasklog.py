@@ -75,9 +75,15 @@ def read_log(path: Path) -> tuple[list[Row], bool]:
 class Journal:
     """The log, its group commit and its fold into :class:`TaskTable` (see the docstring)."""
 
-    def __init__(self, table: TaskTable, log_path: str | os.PathLike[str], *,
-                 fold_interval_s: float = 1.0, rotate_bytes: int = 8 << 20,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        table: TaskTable,
+        log_path: str | os.PathLike[str],
+        *,
+        fold_interval_s: float = 1.0,
+        rotate_bytes: int = 8 << 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.table = table
         self.engine = table.engine
         self.clock = clock
@@ -101,8 +107,11 @@ class Journal:
     # -- start: replay what a previous run left ---------------------------------------------
     def _files(self) -> list[Path]:
         pattern = re.compile(re.escape(self.base.name) + r"\.(\d+)$")
-        found = [(int(m[1]), p) for p in self.base.parent.glob(self.base.name + ".*")
-                 if (m := pattern.match(p.name))]
+        found = [
+            (int(m[1]), p)
+            for p in self.base.parent.glob(self.base.name + ".*")
+            if (m := pattern.match(p.name))
+        ]
         return [p for _, p in sorted(found)]
 
     def migrate(self) -> int:
@@ -114,15 +123,20 @@ class Journal:
         for path in files:
             rows, clean = read_log(path)
             if not clean:
-                self.log.warning("journal {}: stopped at a torn or corrupt frame after {} "
-                                 "row(s) (the tail of a crash)", path.name, len(rows))
+                self.log.warning(
+                    "journal {}: stopped at a torn or corrupt frame after {} "
+                    "row(s) (the tail of a crash)",
+                    path.name,
+                    len(rows),
+                )
             for row in rows:
                 if isinstance(row, tuple) and row and isinstance(row[0], str):
                     latest[row[0]] = row
         if latest:
             self.table.upsert(list(latest.values()))
-            self.log.info("journal: folded {} task snapshot(s) from {} log file(s)",
-                          len(latest), len(files))
+            self.log.info(
+                "journal: folded {} task snapshot(s) from {} log file(s)", len(latest), len(files)
+            )
         for path in files:
             path.unlink()
         self._open(1)
@@ -176,7 +190,7 @@ class Journal:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self._fd, view):]
+                    view = view[os.write(self._fd, view) :]
             except OSError as exc:
                 self.log.error("journal write failed: {}", exc)
                 raise BrokerError(f"the task journal cannot be written: {exc}") from None
@@ -224,15 +238,21 @@ class Journal:
     def _folder(self) -> None:
         failures = 0
         while not self._closing:
-            time.sleep(self.fold_interval_s if not failures else compute_backoff(
-                failures, base_s=0.5, cap_s=30.0, jitter=False))
+            time.sleep(
+                self.fold_interval_s
+                if not failures
+                else compute_backoff(failures, base_s=0.5, cap_s=30.0, jitter=False)
+            )
             try:
                 self.fold()
                 failures = 0
             except Exception as exc:
                 failures += 1
-                self.log.error("folding the journal into the task table failed "
-                               "(retrying with backoff; nothing is lost): {}", exc)
+                self.log.error(
+                    "folding the journal into the task table failed "
+                    "(retrying with backoff; nothing is lost): {}",
+                    exc,
+                )
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Refuse new snapshots, append and fold everything, stop the threads, delete the log."""
@@ -243,8 +263,9 @@ class Journal:
         try:
             self.fold()
         except Exception as exc:
-            self.log.error("final fold failed; the journal file is kept for the next start: {}",
-                           exc)
+            self.log.error(
+                "final fold failed; the journal file is kept for the next start: {}", exc
+            )
         else:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -254,9 +275,9 @@ class Journal:
         self.table.close()
 
 
-
-def open_journal(database_url: str, *, run_dir: str, clock: Callable[[], float] = time.time,
-                 **options: Any) -> Journal:
+def open_journal(
+    database_url: str, *, run_dir: str, clock: Callable[[], float] = time.time, **options: Any
+) -> Journal:
     """The journal for a database URL: the log sits next to a SQLite file, else in ``run_dir``."""
     from sqlalchemy.engine import make_url
 
@@ -267,5 +288,6 @@ def open_journal(database_url: str, *, run_dir: str, clock: Callable[[], float] 
         log_path = Path(str(url.database) + ".tasklog")
     else:
         log_path = Path(run_dir) / "tasks.tasklog"
-    return Journal(TaskTable(make_engine(database_url), clock=clock), log_path, clock=clock,
-                   **options)
+    return Journal(
+        TaskTable(make_engine(database_url), clock=clock), log_path, clock=clock, **options
+    )

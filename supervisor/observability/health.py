@@ -38,20 +38,32 @@ def endpoint_url(*, url: str | None, run_dir: str | None, ready: bool) -> str:
     return f"http://{address}{path}"
 
 
-def check(*, url: str | None = None, run_dir: str | None = None, ready: bool = False,
-          timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+def check(
+    *,
+    url: str | None = None,
+    run_dir: str | None = None,
+    ready: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> int:
     """0 when healthy (alive, or ready with ``ready``), 1 when not or unreachable."""
     return probe(url=url, run_dir=run_dir, ready=ready, timeout_s=timeout_s)[0]
 
 
-def probe(*, url: str | None = None, run_dir: str | None = None, ready: bool = False,
-          timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, str]:
+def probe(
+    *,
+    url: str | None = None,
+    run_dir: str | None = None,
+    ready: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> tuple[int, str]:
     """(exit code, one-line message): 0 healthy, 1 unhealthy or unreachable."""
     try:
         target = endpoint_url(url=url, run_dir=run_dir, ready=ready)
     except OSError as exc:
-        return int(ExitCode.ERROR), (f"no HTTP endpoint address: {exc.strerror}: "
-                                     f"{exc.filename} (is the master running with metrics on?)")
+        return int(ExitCode.ERROR), (
+            f"no HTTP endpoint address: {exc.strerror}: "
+            f"{exc.filename} (is the master running with metrics on?)"
+        )
     try:
         with _OPENER.open(target, timeout=timeout_s) as resp:
             return int(ExitCode.OK), f"{target}: {_reason(resp.read())}"
@@ -72,14 +84,22 @@ def _reason(body: bytes) -> str:
 
 def add_health_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "health", help="exit 0 if the master is alive (--ready: ready), else 1 (HEALTHCHECK)")
+        "health", help="exit 0 if the master is alive (--ready: ready), else 1 (HEALTHCHECK)"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", help="endpoint base, e.g. http://127.0.0.1:9810, or a full URL")
-    where.add_argument("--run-dir", help="run folder of the master (env SUPERVISOR_RUN_DIR); "
-                       "its http_address file says where the endpoints listen")
+    where.add_argument(
+        "--run-dir",
+        help="run folder of the master (env SUPERVISOR_RUN_DIR); "
+        "its http_address file says where the endpoints listen",
+    )
     p.add_argument("--ready", action="store_true", help="ask /readyz instead of /livez")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f"seconds to wait for an answer (default: {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for an answer (default: {DEFAULT_TIMEOUT_S:g})",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing")
     return p
 
@@ -88,8 +108,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         print(f"supervisor: --timeout must be > 0, got {args.timeout}", file=sys.stderr)
         return int(ExitCode.USAGE)
-    code, message = probe(url=args.url, run_dir=args.run_dir, ready=args.ready,
-                          timeout_s=args.timeout)
+    code, message = probe(
+        url=args.url, run_dir=args.run_dir, ready=args.ready, timeout_s=args.timeout
+    )
     if not args.quiet:
         print(message, file=sys.stdout if code == 0 else sys.stderr)
     return code

@@ -32,8 +32,13 @@ from supervisor.observability import probes
 from supervisor.observability.collector import SupervisorCollector, build_registry
 from supervisor.observability.health import HTTP_ADDRESS_FILE
 
-__all__ = ["HTTP_ADDRESS_FILE", "MetricsServer", "make_on_serve", "start_http_server",
-           "write_http_address"]
+__all__ = [
+    "HTTP_ADDRESS_FILE",
+    "MetricsServer",
+    "make_on_serve",
+    "start_http_server",
+    "write_http_address",
+]
 _log = logger.bind(component="http")
 
 
@@ -41,9 +46,15 @@ class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], *, broker: MemoryBroker,
-                 scoreboard: sb.Scoreboard, graceful_timeout_s: float = 0.0,
-                 api: Api | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        broker: MemoryBroker,
+        scoreboard: sb.Scoreboard,
+        graceful_timeout_s: float = 0.0,
+        api: Api | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
         self.broker = broker
@@ -52,7 +63,8 @@ class MetricsServer(ThreadingHTTPServer):
         self.registry: CollectorRegistry
         self.collector: SupervisorCollector
         self.registry, self.collector = build_registry(
-            broker, scoreboard, graceful_timeout_s=graceful_timeout_s)
+            broker, scoreboard, graceful_timeout_s=graceful_timeout_s
+        )
 
     def liveness(self) -> probes.Probe:
         return probes.liveness(self.collector.heartbeat_age_s())
@@ -91,8 +103,9 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(min(length, 1 << 20)) if length else b""
         try:
-            code, doc = self.server.api.handle(method, parts.path, parse_qs(parts.query),
-                                               self.headers.get("Authorization"), body)
+            code, doc = self.server.api.handle(
+                method, parts.path, parse_qs(parts.query), self.headers.get("Authorization"), body
+            )
         except Exception as exc:  # a bad request must not take the thread or the broker down
             _log.opt(exception=exc).error("api {} {} failed: {}", method, parts.path, exc)
             code, doc = 500, {"error": f"internal error: {type(exc).__name__}"}
@@ -118,11 +131,15 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, body, CONTENT_TYPE_LATEST)
         elif path in ("/livez", "/readyz"):
             probe = self.server.liveness() if path == "/livez" else self.server.readiness()
-            self._send(200 if probe.ok else 503, json.dumps(probe.body()).encode() + b"\n",
-                       "application/json")
+            self._send(
+                200 if probe.ok else 503,
+                json.dumps(probe.body()).encode() + b"\n",
+                "application/json",
+            )
         elif path == "/":
-            self._send(200, b"supervisor: /metrics /livez /readyz /api/openapi.json\n",
-                       "text/plain")
+            self._send(
+                200, b"supervisor: /metrics /livez /readyz /api/openapi.json\n", "text/plain"
+            )
         else:
             self._send(404, b"not found: try /metrics, /livez or /readyz\n", "text/plain")
 
@@ -138,15 +155,29 @@ class Handler(BaseHTTPRequestHandler):
         _log.debug("http {} {}", self.client_address[0], format % args)
 
 
-def start_http_server(*, broker: MemoryBroker, scoreboard: sb.Scoreboard, host: str, port: int,
-                      graceful_timeout_s: float = 0.0, api: Api | None = None) -> MetricsServer:
+def start_http_server(
+    *,
+    broker: MemoryBroker,
+    scoreboard: sb.Scoreboard,
+    host: str,
+    port: int,
+    graceful_timeout_s: float = 0.0,
+    api: Api | None = None,
+) -> MetricsServer:
     """Bind ``(host, port)`` now (raises SupervisorError) and serve in a daemon thread."""
     try:
-        server = MetricsServer((host, port), broker=broker, scoreboard=scoreboard,
-                               graceful_timeout_s=graceful_timeout_s, api=api)
+        server = MetricsServer(
+            (host, port),
+            broker=broker,
+            scoreboard=scoreboard,
+            graceful_timeout_s=graceful_timeout_s,
+            api=api,
+        )
     except OSError as exc:
-        message = (f"metrics endpoint: cannot listen on {host}:{port}: "
-                   f"{exc.strerror or exc} (set --metrics-port, or --no-metrics)")
+        message = (
+            f"metrics endpoint: cannot listen on {host}:{port}: "
+            f"{exc.strerror or exc} (set --metrics-port, or --no-metrics)"
+        )
         _log.error(message)
         raise SupervisorError(message) from None
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
@@ -166,9 +197,16 @@ def write_http_address(run_dir: str | os.PathLike[str], address: str) -> Path:
     return path
 
 
-def make_on_serve(*, host: str, port: int, scoreboard: sb.Scoreboard, run_dir: str,
-                  graceful_timeout_s: float, api_token: str | None = None,
-                  schedules_database: str | None = None) -> Callable[[MemoryBroker], None]:
+def make_on_serve(
+    *,
+    host: str,
+    port: int,
+    scoreboard: sb.Scoreboard,
+    run_dir: str,
+    graceful_timeout_s: float,
+    api_token: str | None = None,
+    schedules_database: str | None = None,
+) -> Callable[[MemoryBroker], None]:
     """The ``on_serve`` hook for ``start_broker_process``: runs in the broker process.
 
     ``schedules_database`` (the scheduler's database URL, when it runs) serves /api/schedules.
@@ -177,8 +215,14 @@ def make_on_serve(*, host: str, port: int, scoreboard: sb.Scoreboard, run_dir: s
     def on_serve(broker: MemoryBroker) -> None:
         lister = ScheduleLister(schedules_database) if schedules_database else None
         api = Api(broker, token=api_token, schedules=lister)
-        server = start_http_server(broker=broker, scoreboard=scoreboard, host=host, port=port,
-                                   graceful_timeout_s=graceful_timeout_s, api=api)
+        server = start_http_server(
+            broker=broker,
+            scoreboard=scoreboard,
+            host=host,
+            port=port,
+            graceful_timeout_s=graceful_timeout_s,
+            api=api,
+        )
         write_http_address(run_dir, server.url_address())
 
     return on_serve

@@ -28,14 +28,25 @@ def liveness(heartbeat_age_s: float, *, limit_s: float = LIVE_HEARTBEAT_S) -> Pr
     detail = {"heartbeat_age_s": round(heartbeat_age_s, 3)}
     if heartbeat_age_s < limit_s:
         return Probe(True, "master loop ticking", detail)
-    return Probe(False, f"master loop silent for {heartbeat_age_s:.1f} s "
-                        f"(limit {limit_s:g} s)", detail)
+    return Probe(
+        False, f"master loop silent for {heartbeat_age_s:.1f} s (limit {limit_s:g} s)", detail
+    )
 
 
-def readiness(*, heartbeat_age_s: float, master_state: str | None, dispatching: bool,
-              ready_workers: int, limit_s: float = LIVE_HEARTBEAT_S) -> Probe:
-    detail = {"heartbeat_age_s": round(heartbeat_age_s, 3), "master_state": master_state,
-              "dispatching": dispatching, "ready_workers": ready_workers}
+def readiness(
+    *,
+    heartbeat_age_s: float,
+    master_state: str | None,
+    dispatching: bool,
+    ready_workers: int,
+    limit_s: float = LIVE_HEARTBEAT_S,
+) -> Probe:
+    detail = {
+        "heartbeat_age_s": round(heartbeat_age_s, 3),
+        "master_state": master_state,
+        "dispatching": dispatching,
+        "ready_workers": ready_workers,
+    }
     live = liveness(heartbeat_age_s, limit_s=limit_s)
     if not live.ok:
         return Probe(False, live.reason, detail)

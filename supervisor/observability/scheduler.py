@@ -35,9 +35,11 @@ def _num(value: Any) -> float:
 
 
 def _lag(doc: dict[str, Any]) -> HistogramMetricFamily:
-    fam = HistogramMetricFamily("supervisor_scheduler_fire_lag_seconds",
-                                "Time from a schedule's due time to the push of its task.",
-                                labels=[])
+    fam = HistogramMetricFamily(
+        "supervisor_scheduler_fire_lag_seconds",
+        "Time from a schedule's due time to the push of its task.",
+        labels=[],
+    )
     lag = doc.get("lag")
     buckets: list[tuple[str, float]] = []
     if isinstance(lag, dict) and isinstance(lag.get("buckets"), list):
@@ -54,28 +56,38 @@ def _lag(doc: dict[str, Any]) -> HistogramMetricFamily:
     return fam
 
 
-def scheduler_families(doc: dict[str, Any], age_s: float | None, *, since_start_s: float,
-                       enabled: bool = True) -> Iterator[Metric]:
+def scheduler_families(
+    doc: dict[str, Any], age_s: float | None, *, since_start_s: float, enabled: bool = True
+) -> Iterator[Metric]:
     """``doc``: the last published document ({} if none); ``age_s``: seconds since it came
     (None: never); ``since_start_s``: the broker's age, the tick age until a first report."""
     raw = doc.get("counters")
     counters: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    yield CounterMetricFamily("supervisor_scheduler_fires_total",
-                              "Schedule due times pushed as tasks.",
-                              value=_num(counters.get("fired")))
-    misfires = CounterMetricFamily("supervisor_scheduler_misfires_total",
-                                   "Schedule due times not pushed, by action: skipped (too "
-                                   "late), coalesced (into one run), overlapped (previous run "
-                                   "still going).", labels=["action"])
+    yield CounterMetricFamily(
+        "supervisor_scheduler_fires_total",
+        "Schedule due times pushed as tasks.",
+        value=_num(counters.get("fired")),
+    )
+    misfires = CounterMetricFamily(
+        "supervisor_scheduler_misfires_total",
+        "Schedule due times not pushed, by action: skipped (too "
+        "late), coalesced (into one run), overlapped (previous run "
+        "still going).",
+        labels=["action"],
+    )
     for action, key in MISFIRE_COUNTERS.items():
         misfires.add_metric([action], _num(counters.get(key)))
     yield misfires
     yield _lag(doc)
-    yield GaugeMetricFamily("supervisor_scheduler_consecutive_failures",
-                            "Scheduler ticks failed in a row (database unreachable).",
-                            value=_num(doc.get("db_failures")))
+    yield GaugeMetricFamily(
+        "supervisor_scheduler_consecutive_failures",
+        "Scheduler ticks failed in a row (database unreachable).",
+        value=_num(doc.get("db_failures")),
+    )
     if not enabled:
         return  # --no-scheduler: no tick age, so no "scheduler stalled" alert
-    yield GaugeMetricFamily("supervisor_scheduler_last_tick_age_seconds",
-                            "Seconds since the scheduler last reported (since start if it "
-                            "never did).", value=since_start_s if age_s is None else age_s)
+    yield GaugeMetricFamily(
+        "supervisor_scheduler_last_tick_age_seconds",
+        "Seconds since the scheduler last reported (since start if it never did).",
+        value=since_start_s if age_s is None else age_s,
+    )

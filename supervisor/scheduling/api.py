@@ -68,8 +68,13 @@ class Scheduler:
     field.
     """
 
-    def __init__(self, engine: Engine, *, known_task_types: Collection[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        known_task_types: Collection[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.engine = engine
         probe = ScheduleStore(engine, clock=clock)
         probe.migrate()
@@ -77,11 +82,18 @@ class Scheduler:
         self.store = ScheduleStore(engine, clock=clock, known_task_types=known)
 
     @classmethod
-    def from_url(cls, database_url: str | None = None, *,
-                 known_task_types: Collection[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> Scheduler:
-        return cls(make_engine(database_url or default_database_url()),
-                   known_task_types=known_task_types, clock=clock)
+    def from_url(
+        cls,
+        database_url: str | None = None,
+        *,
+        known_task_types: Collection[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Scheduler:
+        return cls(
+            make_engine(database_url or default_database_url()),
+            known_task_types=known_task_types,
+            clock=clock,
+        )
 
     def add_scheduler_task(self, *args: Any, **kwargs: Any) -> str:
         return self.store.add_scheduler_task(*args, **kwargs)

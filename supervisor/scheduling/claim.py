@@ -115,25 +115,42 @@ class _LostRace(Exception):
 
 # The hot statements, built once (building a statement costs more than running it on SQLite).
 _NO_LIMIT = 2**31 - 1  # fits an INTEGER bind everywhere
-_DUE = (sa.select(scheduler_task.c.task_id, scheduler_task.c.overlap, scheduler_task.c.run_count)
-        .where(scheduler_task.c.enabled.is_(True),
-               scheduler_task.c.next_run_at <= sa.bindparam("now", type_=sa.Float))
-        .order_by(scheduler_task.c.next_run_at).limit(sa.bindparam("lim", type_=sa.Integer)))
-_LOCK_DUE = (sa.select(scheduler_task)
-             .where(scheduler_task.c.task_id.in_(sa.bindparam("ids", expanding=True)),
-                    scheduler_task.c.enabled.is_(True),
-                    scheduler_task.c.next_run_at <= sa.bindparam("now", type_=sa.Float))
-             .order_by(scheduler_task.c.next_run_at)
-             .with_for_update(skip_locked=True))
+_DUE = (
+    sa.select(scheduler_task.c.task_id, scheduler_task.c.overlap, scheduler_task.c.run_count)
+    .where(
+        scheduler_task.c.enabled.is_(True),
+        scheduler_task.c.next_run_at <= sa.bindparam("now", type_=sa.Float),
+    )
+    .order_by(scheduler_task.c.next_run_at)
+    .limit(sa.bindparam("lim", type_=sa.Integer))
+)
+_LOCK_DUE = (
+    sa.select(scheduler_task)
+    .where(
+        scheduler_task.c.task_id.in_(sa.bindparam("ids", expanding=True)),
+        scheduler_task.c.enabled.is_(True),
+        scheduler_task.c.next_run_at <= sa.bindparam("now", type_=sa.Float),
+    )
+    .order_by(scheduler_task.c.next_run_at)
+    .with_for_update(skip_locked=True)
+)
 _ALREADY = sa.select(schedule_fire.c.schedule_id, schedule_fire.c.due_at).where(
     schedule_fire.c.schedule_id.in_(sa.bindparam("sids", expanding=True)),
-    schedule_fire.c.due_at.in_(sa.bindparam("dues", expanding=True)))
+    schedule_fire.c.due_at.in_(sa.bindparam("dues", expanding=True)),
+)
 
 
-def claim_due(engine: Engine, now: float, fire: FireCallback, *, counters: Counter[str],
-              active_instances: ActiveCount | None = None, limit: int | None = None,
-              batch_size: int = DEFAULT_BATCH, fire_many: FireMany | None = None
-              ) -> list[FireOutcome]:
+def claim_due(
+    engine: Engine,
+    now: float,
+    fire: FireCallback,
+    *,
+    counters: Counter[str],
+    active_instances: ActiveCount | None = None,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    fire_many: FireMany | None = None,
+) -> list[FireOutcome]:
     """Fire the enabled schedules due at ``now`` (at most ``limit``), ``batch_size`` per claim.
 
     Each batch is pushed right after its commit, through ``fire_many`` when given (one broker
@@ -143,15 +160,24 @@ def claim_due(engine: Engine, now: float, fire: FireCallback, *, counters: Count
     logged, counted as ``db_error`` and ends the call (the rest is claimed at the next one).
     """
     with engine.connect() as conn:
-        due = [(r[0], r[1], r[2]) for r in conn.execute(
-            _DUE, {"now": now, "lim": _NO_LIMIT if limit is None else limit})]
+        due = [
+            (r[0], r[1], r[2])
+            for r in conn.execute(_DUE, {"now": now, "lim": _NO_LIMIT if limit is None else limit})
+        ]
     outcomes: list[FireOutcome] = []
     for start in range(0, len(due), max(1, batch_size)):
-        chunk = due[start:start + max(1, batch_size)]
+        chunk = due[start : start + max(1, batch_size)]
         # Asked before the transaction: no broker round trip while holding the write lock. A
         # schedule that never ran has no live run to ask about.
-        active = ({sid: active_instances(sid) for sid, overlap, runs in chunk
-                   if overlap == "skip" and runs} if active_instances is not None else {})
+        active = (
+            {
+                sid: active_instances(sid)
+                for sid, overlap, runs in chunk
+                if overlap == "skip" and runs
+            }
+            if active_instances is not None
+            else {}
+        )
         claims, ok = _claim_chunk(engine, [sid for sid, _, _ in chunk], now, counters, active)
         outcomes.extend(_push_all(claims, fire=fire, fire_many=fire_many, counters=counters))
         if not ok:
@@ -160,8 +186,9 @@ def claim_due(engine: Engine, now: float, fire: FireCallback, *, counters: Count
     return outcomes
 
 
-def _claim_chunk(engine: Engine, ids: list[str], now: float, counters: Counter[str],
-                 active: dict[str, int]) -> tuple[list[_Claim], bool]:
+def _claim_chunk(
+    engine: Engine, ids: list[str], now: float, counters: Counter[str], active: dict[str, int]
+) -> tuple[list[_Claim], bool]:
     """Claim ``ids`` in one transaction; one by one if another scheduler took one of them.
 
     Returns the claims and False when a database error stopped the claiming.
@@ -172,12 +199,14 @@ def _claim_chunk(engine: Engine, ids: list[str], now: float, counters: Counter[s
         if len(ids) == 1:
             counters["lost_race"] += 1
             _log.bind(schedule_id=ids[0]).info(
-                "schedule {} was claimed by another scheduler; not firing it here", ids[0])
+                "schedule {} was claimed by another scheduler; not firing it here", ids[0]
+            )
             return [], True
     except OperationalError as exc:
         counters["db_error"] += 1
-        _log.warning("could not claim {} due schedule(s) ({}); retrying at the next tick",
-                     len(ids), exc)
+        _log.warning(
+            "could not claim {} due schedule(s) ({}); retrying at the next tick", len(ids), exc
+        )
         return [], False
     claims: list[_Claim] = []
     for sid in ids:
@@ -188,22 +217,39 @@ def _claim_chunk(engine: Engine, ids: list[str], now: float, counters: Counter[s
     return claims, True
 
 
-def _claim_txn(engine: Engine, ids: list[str], now: float, counters: Counter[str],
-               active: dict[str, int]) -> list[_Claim]:
+def _claim_txn(
+    engine: Engine, ids: list[str], now: float, counters: Counter[str], active: dict[str, int]
+) -> list[_Claim]:
     with writer(engine).begin() as conn:
         rows = conn.execute(_LOCK_DUE, {"ids": ids, "now": now}).mappings().all()
         plans = [_plan(row, now, active.get(row["task_id"], 0)) for row in rows]
         _drop_already_fired(conn, plans)
-        inserts = [{"schedule_id": p.sid, "due_at": d, "task_id": fire_task_id(p.sid, d),
-                    "claimed_at": now, "status": "claimed"} for p in plans for d in p.due]
+        inserts = [
+            {
+                "schedule_id": p.sid,
+                "due_at": d,
+                "task_id": fire_task_id(p.sid, d),
+                "claimed_at": now,
+                "status": "claimed",
+            }
+            for p in plans
+            for d in p.due
+        ]
         if inserts:
             conn.execute(schedule_fire.insert(), inserts)
         _advance(conn, plans, now)
     for plan in plans:  # after the commit: a rolled-back batch logs and counts nothing
         _log_plan(plan, now, counters)
-    return [_Claim(p.sid, p.row["name"], {"type": p.row["task_type"], "params": p.params,
-                                          "priority": p.row["priority"]}, p.due)
-            for p in plans if p.decision is not None]
+    return [
+        _Claim(
+            p.sid,
+            p.row["name"],
+            {"type": p.row["task_type"], "params": p.params, "priority": p.row["priority"]},
+            p.due,
+        )
+        for p in plans
+        if p.decision is not None
+    ]
 
 
 def _plan(row: sa.RowMapping, now: float, active: int) -> _Plan:
@@ -215,13 +261,25 @@ def _plan(row: sa.RowMapping, now: float, active: int) -> _Plan:
         params, params_error = {}, str(exc)
     try:
         spec = spec_from_row(row, params=params)
-        decision = due_fires(spec, row["next_run_at"], now, anchor_epoch=row["anchor_at"],
-                             runs_done=row["run_count"], active_instances=active)
+        decision = due_fires(
+            spec,
+            row["next_run_at"],
+            now,
+            anchor_epoch=row["anchor_at"],
+            runs_done=row["run_count"],
+            active_instances=active,
+        )
     except (ScheduleError, ValueError, LookupError) as exc:
         # A row edited by hand into something unusable: disabled instead of failing each tick.
         return _Plan(row, params, None, problem=str(exc))
-    plan = _Plan(row, params, decision, due=decision.fire, skipped=decision.skipped,
-                 policy=spec.misfire_policy)
+    plan = _Plan(
+        row,
+        params,
+        decision,
+        due=decision.fire,
+        skipped=decision.skipped,
+        policy=spec.misfire_policy,
+    )
     if params_error is not None and plan.due:
         plan.problem, plan.extra["corrupt_params"] = params_error, len(plan.due)
         plan.due, plan.skipped = (), plan.skipped + len(plan.due)
@@ -232,9 +290,13 @@ def _drop_already_fired(conn: sa.Connection, plans: list[_Plan]) -> None:
     wanted = [p for p in plans if p.due]
     if not wanted:
         return
-    found = {(sid, float(due)) for sid, due in conn.execute(
-        _ALREADY, {"sids": [p.sid for p in wanted],
-                   "dues": sorted({d for p in wanted for d in p.due})})}
+    found = {
+        (sid, float(due))
+        for sid, due in conn.execute(
+            _ALREADY,
+            {"sids": [p.sid for p in wanted], "dues": sorted({d for p in wanted for d in p.due})},
+        )
+    }
     for p in wanted:
         p.already = tuple(d for d in p.due if (p.sid, d) in found)
         p.due = tuple(d for d in p.due if (p.sid, d) not in found)
@@ -242,17 +304,21 @@ def _drop_already_fired(conn: sa.Connection, plans: list[_Plan]) -> None:
 
 _ADVANCE = (
     sa.update(scheduler_task)
-    .where(scheduler_task.c.task_id == sa.bindparam("b_sid"),
-           scheduler_task.c.next_run_at == sa.bindparam("b_old"),
-           scheduler_task.c.enabled.is_(True))
-    .values(next_run_at=sa.bindparam("b_next"),
-            run_count=scheduler_task.c.run_count + sa.bindparam("b_fired", type_=sa.Integer),
-            skipped_count=scheduler_task.c.skipped_count
-            + sa.bindparam("b_skipped", type_=sa.Integer),
-            last_run_at=sa.func.coalesce(sa.bindparam("b_last", type_=sa.Float),
-                                         scheduler_task.c.last_run_at),
-            enabled=sa.bindparam("b_enabled", type_=sa.Boolean),
-            disabled_reason=sa.bindparam("b_reason", type_=sa.Text))
+    .where(
+        scheduler_task.c.task_id == sa.bindparam("b_sid"),
+        scheduler_task.c.next_run_at == sa.bindparam("b_old"),
+        scheduler_task.c.enabled.is_(True),
+    )
+    .values(
+        next_run_at=sa.bindparam("b_next"),
+        run_count=scheduler_task.c.run_count + sa.bindparam("b_fired", type_=sa.Integer),
+        skipped_count=scheduler_task.c.skipped_count + sa.bindparam("b_skipped", type_=sa.Integer),
+        last_run_at=sa.func.coalesce(
+            sa.bindparam("b_last", type_=sa.Float), scheduler_task.c.last_run_at
+        ),
+        enabled=sa.bindparam("b_enabled", type_=sa.Boolean),
+        disabled_reason=sa.bindparam("b_reason", type_=sa.Text),
+    )
 )
 
 
@@ -263,14 +329,29 @@ def _advance(conn: sa.Connection, plans: list[_Plan], now: float) -> None:
         d = p.decision
         if d is None:
             reason = f"broken: {p.problem}"
-            values = {"b_next": p.row["next_run_at"], "b_fired": 0, "b_skipped": 0,
-                      "b_enabled": False, "b_reason": reason}
+            values = {
+                "b_next": p.row["next_run_at"],
+                "b_fired": 0,
+                "b_skipped": 0,
+                "b_enabled": False,
+                "b_reason": reason,
+            }
         else:
-            values = {"b_next": d.next_run_at, "b_fired": len(p.due), "b_skipped": p.skipped,
-                      "b_enabled": not d.finished,
-                      "b_reason": _finish_reason(p.row, len(p.due)) if d.finished else None}
-        params.append({"b_sid": p.sid, "b_old": p.row["next_run_at"],
-                       "b_last": now if p.due else None, **values})
+            values = {
+                "b_next": d.next_run_at,
+                "b_fired": len(p.due),
+                "b_skipped": p.skipped,
+                "b_enabled": not d.finished,
+                "b_reason": _finish_reason(p.row, len(p.due)) if d.finished else None,
+            }
+        params.append(
+            {
+                "b_sid": p.sid,
+                "b_old": p.row["next_run_at"],
+                "b_last": now if p.due else None,
+                **values,
+            }
+        )
     if not params:
         return
     if conn.dialect.supports_sane_multi_rowcount:
@@ -297,12 +378,12 @@ def _log_plan(p: _Plan, now: float, counters: Counter[str]) -> None:
     decision = p.decision
     if decision is None:
         counters["broken"] += 1
-        log.error("schedule {} ({!r}) cannot be computed and is disabled: {}", sid, name,
-                  p.problem)
+        log.error("schedule {} ({!r}) cannot be computed and is disabled: {}", sid, name, p.problem)
         return
     if p.problem is not None:
-        log.error("not firing schedule {} ({!r}) at {}: {}", sid, name, list(decision.fire),
-                  p.problem)
+        log.error(
+            "not firing schedule {} ({!r}) at {}: {}", sid, name, list(decision.fire), p.problem
+        )
     if p.already:
         counters["already_fired"] += len(p.already)
         log.warning("schedule {} already fired {}; not firing again", sid, sorted(p.already))
@@ -313,29 +394,54 @@ def _log_plan(p: _Plan, now: float, counters: Counter[str]) -> None:
     if decision.misfired or decision.coalesced:
         counters[f"misfire.{p.policy}"] += decision.misfired + decision.coalesced
     if decision.skipped:
-        log.warning("schedule {} ({!r}) skipped {} due time(s): {} misfired, {} coalesced into "
-                    "one run, {} over max_instances", sid, name, decision.skipped,
-                    decision.misfired, decision.coalesced, decision.overlapped)
+        log.warning(
+            "schedule {} ({!r}) skipped {} due time(s): {} misfired, {} coalesced into "
+            "one run, {} over max_instances",
+            sid,
+            name,
+            decision.skipped,
+            decision.misfired,
+            decision.coalesced,
+            decision.overlapped,
+        )
     late = [d for d in p.due if now - d > LATE_LOG_S]
     if late:
         counters["late"] += len(late)
-        log.info("schedule {} ({!r}) fires {} due time(s) late, by up to {:.1f} s",
-                 sid, name, len(late), now - late[0])
+        log.info(
+            "schedule {} ({!r}) fires {} due time(s) late, by up to {:.1f} s",
+            sid,
+            name,
+            len(late),
+            now - late[0],
+        )
     if decision.finished:
         log.info("schedule {} ({!r}) finished and is disabled", sid, name)
 
 
 def fire_message(sid: str, task: dict[str, Any], due_at: float) -> dict[str, Any]:
     """The task dict handed to the push callbacks for one due time."""
-    return {**task, "params": dict(task["params"]), "task_id": fire_task_id(sid, due_at),
-            "scheduled_at": due_at, "schedule_id": sid}
+    return {
+        **task,
+        "params": dict(task["params"]),
+        "task_id": fire_task_id(sid, due_at),
+        "scheduled_at": due_at,
+        "schedule_id": sid,
+    }
 
 
-def _push_all(claims: Sequence[_Claim], *, fire: FireCallback, fire_many: FireMany | None,
-              counters: Counter[str]) -> list[FireOutcome]:
+def _push_all(
+    claims: Sequence[_Claim],
+    *,
+    fire: FireCallback,
+    fire_many: FireMany | None,
+    counters: Counter[str],
+) -> list[FireOutcome]:
     if fire_many is None:
-        return [push_one(c.schedule_id, c.name, c.task, d, fire=fire, counters=counters)
-                for c in claims for d in c.due]
+        return [
+            push_one(c.schedule_id, c.name, c.task, d, fire=fire, counters=counters)
+            for c in claims
+            for d in c.due
+        ]
     pending = [(c, d, fire_message(c.schedule_id, c.task, d)) for c in claims for d in c.due]
     if not pending:
         return []
@@ -343,12 +449,21 @@ def _push_all(claims: Sequence[_Claim], *, fire: FireCallback, fire_many: FireMa
         errors = fire_many([m for _, _, m in pending])
     except Exception as exc:  # the pusher should report per message; be safe if it did not
         errors = [exc] * len(pending)
-    return [_outcome(c.schedule_id, c.name, d, m["task_id"], err, counters=counters)
-            for (c, d, m), err in zip(pending, errors, strict=True)]
+    return [
+        _outcome(c.schedule_id, c.name, d, m["task_id"], err, counters=counters)
+        for (c, d, m), err in zip(pending, errors, strict=True)
+    ]
 
 
-def push_one(sid: str, name: str, task: dict[str, Any], due_at: float, *,
-             fire: FireCallback, counters: Counter[str]) -> FireOutcome:
+def push_one(
+    sid: str,
+    name: str,
+    task: dict[str, Any],
+    due_at: float,
+    *,
+    fire: FireCallback,
+    counters: Counter[str],
+) -> FireOutcome:
     """Push one due time through ``fire``; a failure is logged, counted and returned."""
     message = fire_message(sid, task, due_at)
     try:
@@ -358,19 +473,29 @@ def push_one(sid: str, name: str, task: dict[str, Any], due_at: float, *,
     return FireOutcome(sid, name, due_at, message["task_id"], True)
 
 
-def _outcome(sid: str, name: str, due_at: float, task_id: str, exc: BaseException | None, *,
-             counters: Counter[str]) -> FireOutcome:
+def _outcome(
+    sid: str,
+    name: str,
+    due_at: float,
+    task_id: str,
+    exc: BaseException | None,
+    *,
+    counters: Counter[str],
+) -> FireOutcome:
     if exc is None:
         return FireOutcome(sid, name, due_at, task_id, True)
     counters["push_failed"] += 1
     log = _log.bind(schedule_id=sid, task_id=task_id)
     if isinstance(exc, TaskError):  # refused by the broker: the same push would fail again
-        log.error("the broker refused {} of schedule {} ({!r}); not retried: {}", task_id, sid,
-                  name, exc)
-        return FireOutcome(sid, name, due_at, task_id, False, f"{type(exc).__name__}: {exc}",
-                           retryable=False)
+        log.error(
+            "the broker refused {} of schedule {} ({!r}); not retried: {}", task_id, sid, name, exc
+        )
+        return FireOutcome(
+            sid, name, due_at, task_id, False, f"{type(exc).__name__}: {exc}", retryable=False
+        )
     log.opt(exception=exc).error(
-        "pushing {} of schedule {} ({!r}) failed; kept for a retry", task_id, sid, name)
+        "pushing {} of schedule {} ({!r}) failed; kept for a retry", task_id, sid, name
+    )
     return FireOutcome(sid, name, due_at, task_id, False, f"{type(exc).__name__}: {exc}")
 
 
@@ -378,14 +503,24 @@ def mark(engine: Engine, outcomes: Sequence[FireOutcome]) -> None:
     """Record the push outcomes on their fire rows (``pushed`` or ``failed``)."""
     if not outcomes:
         return
-    stmt = (sa.update(schedule_fire)
-            .where(schedule_fire.c.schedule_id == sa.bindparam("sid"),
-                   schedule_fire.c.due_at == sa.bindparam("due"))
-            .values(status=sa.bindparam("new_status"), error=sa.bindparam("err")))
+    stmt = (
+        sa.update(schedule_fire)
+        .where(
+            schedule_fire.c.schedule_id == sa.bindparam("sid"),
+            schedule_fire.c.due_at == sa.bindparam("due"),
+        )
+        .values(status=sa.bindparam("new_status"), error=sa.bindparam("err"))
+    )
     try:
         with writer(engine).begin() as conn:
-            conn.execute(stmt, [{"sid": o.schedule_id, "due": o.due_at, "err": o.error,
-                                 "new_status": o.status} for o in outcomes])
+            conn.execute(
+                stmt,
+                [
+                    {"sid": o.schedule_id, "due": o.due_at, "err": o.error, "new_status": o.status}
+                    for o in outcomes
+                ],
+            )
     except OperationalError as exc:
-        _log.warning("could not mark {} fire(s) as pushed ({}); they stay 'claimed'",
-                     len(outcomes), exc)
+        _log.warning(
+            "could not mark {} fire(s) as pushed ({}); they stay 'claimed'", len(outcomes), exc
+        )

@@ -62,17 +62,25 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--paused", action="store_true", help="add it paused")
     lst = sub.add_parser("list", help="list schedules")
     lst.add_argument("--enabled", action="store_true", help="only enabled ones")
-    actions = {name: sub.add_parser(name, help=text) for name, text in (
-        ("show", "show one schedule"), ("pause", "stop firing a schedule"),
-        ("resume", "fire a paused schedule again"), ("delete", "delete a schedule"),
-        ("next", "preview the next fire times"))}
+    actions = {
+        name: sub.add_parser(name, help=text)
+        for name, text in (
+            ("show", "show one schedule"),
+            ("pause", "stop firing a schedule"),
+            ("resume", "fire a paused schedule again"),
+            ("delete", "delete a schedule"),
+            ("next", "preview the next fire times"),
+        )
+    }
     for action in actions.values():
         action.add_argument("schedule", help="id, unique id prefix, or unique name")
     actions["next"].add_argument("-n", type=int, default=10, help="how many (default 10)")
     for action in (add, lst, *actions.values()):
-        action.add_argument("--database", default=None,
-                            help="SQLAlchemy URL (env SUPERVISOR_DATABASE, default "
-                                 "sqlite:///supervisor.db)")
+        action.add_argument(
+            "--database",
+            default=None,
+            help="SQLAlchemy URL (env SUPERVISOR_DATABASE, default sqlite:///supervisor.db)",
+        )
         action.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -91,8 +99,10 @@ def _run(args: argparse.Namespace, url: str) -> int:
     try:
         scheduler = Scheduler.from_url(url)
     except SQLAlchemyError as exc:
-        print(f"supervisor: cannot open the scheduler database {mask_url(url)}: "
-              f"{_first_line(exc)}", file=sys.stderr)
+        print(
+            f"supervisor: cannot open the scheduler database {mask_url(url)}: {_first_line(exc)}",
+            file=sys.stderr,
+        )
         return 1
     try:
         return _ACTIONS[args.schedules_command](scheduler, args)
@@ -100,8 +110,9 @@ def _run(args: argparse.Namespace, url: str) -> int:
         print(f"supervisor: {exc}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
-        print(f"supervisor: scheduler database {mask_url(url)}: {_first_line(exc)}",
-              file=sys.stderr)
+        print(
+            f"supervisor: scheduler database {mask_url(url)}: {_first_line(exc)}", file=sys.stderr
+        )
         return 1
     finally:
         scheduler.close()
@@ -111,9 +122,14 @@ def _run(args: argparse.Namespace, url: str) -> int:
 def _add(s: Scheduler, args: argparse.Namespace) -> int:
     tz = args.timezone
     fields: dict[str, Any] = {
-        "priority": args.priority, "max_runs": args.max_runs, "timezone": tz,
-        "misfire_policy": args.misfire_policy, "max_instances": args.max_instances,
-        "overlap": args.overlap, "description": args.description, "enabled": not args.paused,
+        "priority": args.priority,
+        "max_runs": args.max_runs,
+        "timezone": tz,
+        "misfire_policy": args.misfire_policy,
+        "max_instances": args.max_instances,
+        "overlap": args.overlap,
+        "description": args.description,
+        "enabled": not args.paused,
         "params": _json_object(args.params, "--params"),
     }
     if args.every is not None:
@@ -129,8 +145,9 @@ def _add(s: Scheduler, args: argparse.Namespace) -> int:
         fields["misfire_grace_s"] = args.misfire_grace
     if args.max_catchup is not None:
         fields["misfire_max_catchup"] = args.max_catchup
-    task_id = s.add_scheduler_task(name=args.name, task_type=args.task_type,
-                                   schedule_type=kind, **fields)
+    task_id = s.add_scheduler_task(
+        name=args.name, task_type=args.task_type, schedule_type=kind, **fields
+    )
     if args.json:
         _print_json(s.get_task(task_id))
     else:
@@ -143,9 +160,18 @@ def _list(s: Scheduler, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(tasks)
         return 0
-    rows = [(t["task_id"], t["name"], t["task_type"], describe(t),
-             fmt_time(t["next_run_at"], t["timezone"]) if t["enabled"] else "-",
-             str(t["run_count"]), state(t)) for t in tasks]
+    rows = [
+        (
+            t["task_id"],
+            t["name"],
+            t["task_type"],
+            describe(t),
+            fmt_time(t["next_run_at"], t["timezone"]) if t["enabled"] else "-",
+            str(t["run_count"]),
+            state(t),
+        )
+        for t in tasks
+    ]
     _print_table(("ID", "NAME", "TYPE", "SCHEDULE", "NEXT RUN", "RUNS", "STATE"), rows)
     return 0
 
@@ -170,10 +196,14 @@ def _control(s: Scheduler, args: argparse.Namespace) -> int:
     task_id = resolve(s, args.schedule)
     action = args.schedules_command
     done = {"pause": s.pause_task, "resume": s.resume_task, "delete": s.delete_task}[action](
-        task_id)
+        task_id
+    )
     if not done:  # only resume refuses an existing schedule
-        print(f"supervisor: schedule {task_id} cannot be resumed: it will never fire again "
-              "(max_runs reached, a done 'once', or end_at passed)", file=sys.stderr)
+        print(
+            f"supervisor: schedule {task_id} cannot be resumed: it will never fire again "
+            "(max_runs reached, a done 'once', or end_at passed)",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         _print_json({"task_id": task_id, "action": action, "ok": True})
@@ -191,8 +221,12 @@ def _next(s: Scheduler, args: argparse.Namespace) -> int:
     times = s.preview(task_id, args.n)
     tz = task["timezone"]
     if args.json:
-        _print_json([{"at": t, "local": fmt_time(t, tz, iso=True),
-                      "utc": fmt_time(t, "UTC", iso=True)} for t in times])
+        _print_json(
+            [
+                {"at": t, "local": fmt_time(t, tz, iso=True), "utc": fmt_time(t, "UTC", iso=True)}
+                for t in times
+            ]
+        )
         return 0
     if not task["enabled"]:
         print(f"(schedule is {state(task)}; these are the times it would fire)")
@@ -203,8 +237,15 @@ def _next(s: Scheduler, args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS = {"add": _add, "list": _list, "show": _show, "pause": _control,
-            "resume": _control, "delete": _control, "next": _next}
+_ACTIONS = {
+    "add": _add,
+    "list": _list,
+    "show": _show,
+    "pause": _control,
+    "resume": _control,
+    "delete": _control,
+    "next": _next,
+}
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -213,14 +254,17 @@ def resolve(s: Scheduler, ref: str) -> str:
     if s.get_task(ref) is not None:
         return ref
     tasks = s.list_tasks()
-    for matches in ([t for t in tasks if t["name"] == ref],
-                    [t for t in tasks if len(ref) >= 4 and t["task_id"].startswith(ref)]):
+    for matches in (
+        [t for t in tasks if t["name"] == ref],
+        [t for t in tasks if len(ref) >= 4 and t["task_id"].startswith(ref)],
+    ):
         if len(matches) == 1:
             return str(matches[0]["task_id"])
         if len(matches) > 1:
             ids = ", ".join(t["task_id"] for t in matches)
-            raise ScheduleError(f"{ref!r} matches {len(matches)} schedules ({ids}); "
-                                "give the id", field="schedule")
+            raise ScheduleError(
+                f"{ref!r} matches {len(matches)} schedules ({ids}); give the id", field="schedule"
+            )
     raise NotFound(f"no schedule with id or name {ref!r}")
 
 
@@ -228,8 +272,10 @@ def parse_duration(text: str, what: str) -> float:
     """Seconds from ``90``, ``1.5``, ``30s``, ``5m``, ``2h`` or ``1d``."""
     m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+)\s*([smhd]?)\s*", text or "")
     if m is None:
-        raise ScheduleError(f"{what}: expected seconds or a duration like 30s, 5m, 2h, 1d; "
-                            f"got {text!r}", field="interval_seconds")
+        raise ScheduleError(
+            f"{what}: expected seconds or a duration like 30s, 5m, 2h, 1d; got {text!r}",
+            field="interval_seconds",
+        )
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -245,8 +291,7 @@ def parse_time(text: str, timezone: str, what: str) -> float:
     try:
         return to_epoch(number, timezone, what=what)
     except ScheduleError as exc:
-        raise ScheduleError(f"{exc} (or +DURATION from now, e.g. +30s)",
-                            field=exc.field) from None
+        raise ScheduleError(f"{exc} (or +DURATION from now, e.g. +30s)", field=exc.field) from None
 
 
 def describe(task: dict[str, Any]) -> str:
@@ -280,11 +325,13 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ScheduleError(f"{what}: not valid JSON ({exc.msg} at column {exc.colno}): "
-                            f"{text!r}", field="params") from None
+        raise ScheduleError(
+            f"{what}: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}", field="params"
+        ) from None
     if not isinstance(value, dict):
-        raise ScheduleError(f"{what}: expected a JSON object, got {type(value).__name__}",
-                            field="params")
+        raise ScheduleError(
+            f"{what}: expected a JSON object, got {type(value).__name__}", field="params"
+        )
     return value
 
 

@@ -94,8 +94,9 @@ def wall_to_epoch(local: datetime, tz: ZoneInfo) -> float:
     return float(hi)
 
 
-def cron_iter(form: str, tz: ZoneInfo, after_epoch: float, *, inclusive: bool = False
-              ) -> Iterator[float]:
+def cron_iter(
+    form: str, tz: ZoneInfo, after_epoch: float, *, inclusive: bool = False
+) -> Iterator[float]:
     """Fire times of croniter expression ``form`` in ``tz``, ascending, after ``after_epoch``.
 
     Strictly after it, or at-or-after it with ``inclusive``. Fire times are whole seconds. Ends
@@ -122,7 +123,8 @@ def cron_iter(form: str, tz: ZoneInfo, after_epoch: float, *, inclusive: bool = 
             idle += 1
 
 
-def cron_next(form: str, tz: ZoneInfo, after_epoch: float, *, inclusive: bool = False
-              ) -> float | None:
+def cron_next(
+    form: str, tz: ZoneInfo, after_epoch: float, *, inclusive: bool = False
+) -> float | None:
     """The first fire time of :func:`cron_iter`, or None when there is none."""
     return next(cron_iter(form, tz, after_epoch, inclusive=inclusive), None)

@@ -18,8 +18,9 @@ class ScheduleError(SupervisorError, ValueError):
     ``problems`` lists every message when several fields were wrong at once.
     """
 
-    def __init__(self, message: str, *, field: str | None = None,
-                 problems: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, problems: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.problems = problems or (message,)

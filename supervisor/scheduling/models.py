@@ -28,7 +28,8 @@ SCHEMA_VERSION = 2
 metadata = sa.MetaData()
 
 scheduler_task = sa.Table(
-    "scheduler_task", metadata,
+    "scheduler_task",
+    metadata,
     sa.Column("task_id", sa.String(36), primary_key=True),
     sa.Column("name", sa.String(255), nullable=False, index=True),
     sa.Column("task_type", sa.String(100), nullable=False),
@@ -63,7 +64,8 @@ scheduler_task = sa.Table(
 )
 
 schedule_fire = sa.Table(
-    "schedule_fire", metadata,
+    "schedule_fire",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("schedule_id", sa.String(36), nullable=False),
     sa.Column("due_at", sa.Float, nullable=False),
@@ -76,13 +78,15 @@ schedule_fire = sa.Table(
 )
 
 scheduler_task_type = sa.Table(
-    "scheduler_task_type", metadata,
+    "scheduler_task_type",
+    metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("registered_at", sa.Float, nullable=False),
 )
 
 schema_version = sa.Table(
-    "schema_version", metadata,
+    "schema_version",
+    metadata,
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("applied_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
 )
@@ -140,14 +144,18 @@ def migrate(engine: Engine) -> int:
         if current is not None and current > SCHEMA_VERSION:
             raise ScheduleError(
                 f"the scheduler database has schema version {current}, newer than the "
-                f"{SCHEMA_VERSION} this release supports; upgrade supervisor")
+                f"{SCHEMA_VERSION} this release supports; upgrade supervisor"
+            )
         if current is None or current < SCHEMA_VERSION:
             _add_missing_columns(conn)
             conn.execute(
                 scheduler_task.update()
-                .where(scheduler_task.c.anchor_at.is_(None),
-                       scheduler_task.c.schedule_type == "interval")
-                .values(anchor_at=scheduler_task.c.next_run_at))
+                .where(
+                    scheduler_task.c.anchor_at.is_(None),
+                    scheduler_task.c.schedule_type == "interval",
+                )
+                .values(anchor_at=scheduler_task.c.next_run_at)
+            )
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
     return SCHEMA_VERSION
 
@@ -158,8 +166,10 @@ def _add_missing_columns(conn: sa.Connection) -> None:
     for column in scheduler_task.columns:
         if column.name in present:
             continue
-        ddl = (f"ALTER TABLE scheduler_task ADD COLUMN {quote(column.name)} "
-               f"{column.type.compile(dialect=conn.dialect)}")
+        ddl = (
+            f"ALTER TABLE scheduler_task ADD COLUMN {quote(column.name)} "
+            f"{column.type.compile(dialect=conn.dialect)}"
+        )
         default = column.server_default
         if isinstance(default, sa.DefaultClause):
             ddl += f" NOT NULL DEFAULT {_default_sql(conn, column, default.arg)}"

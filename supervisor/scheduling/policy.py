@@ -73,8 +73,9 @@ def interval_anchor(spec: ScheduleSpec, created_at: float) -> float | None:
     return spec.start_at if spec.start_at is not None else created_at + spec.interval_seconds
 
 
-def next_fire_after(spec: ScheduleSpec, after_epoch: float, *,
-                    anchor_epoch: float | None = None) -> float | None:
+def next_fire_after(
+    spec: ScheduleSpec, after_epoch: float, *, anchor_epoch: float | None = None
+) -> float | None:
     """The first fire time strictly after ``after_epoch``; None when there is none.
 
     Respects ``start_at`` and ``end_at``. Without ``start_at`` or ``anchor_epoch`` an interval
@@ -83,14 +84,16 @@ def next_fire_after(spec: ScheduleSpec, after_epoch: float, *,
     return _next(spec, after_epoch, inclusive=False, anchor=anchor_epoch)
 
 
-def first_fire(spec: ScheduleSpec, now: float, *, anchor_epoch: float | None = None
-               ) -> float | None:
+def first_fire(
+    spec: ScheduleSpec, now: float, *, anchor_epoch: float | None = None
+) -> float | None:
     """The first fire time at or after ``now``: ``next_run_at`` at creation or resume."""
     return _next(spec, now, inclusive=True, anchor=anchor_epoch)
 
 
-def preview(spec: ScheduleSpec, after: float, n: int, *, anchor_epoch: float | None = None
-            ) -> list[float]:
+def preview(
+    spec: ScheduleSpec, after: float, n: int, *, anchor_epoch: float | None = None
+) -> list[float]:
     """The next ``n`` fire times strictly after ``after`` (fewer if the schedule ends)."""
     times: list[float] = []
     t: float | None = after
@@ -101,8 +104,7 @@ def preview(spec: ScheduleSpec, after: float, n: int, *, anchor_epoch: float | N
     return times
 
 
-def _next(spec: ScheduleSpec, t: float, *, inclusive: bool, anchor: float | None
-          ) -> float | None:
+def _next(spec: ScheduleSpec, t: float, *, inclusive: bool, anchor: float | None) -> float | None:
     if spec.start_at is not None and t < spec.start_at:
         t, inclusive = spec.start_at, True
     found: float | None
@@ -114,8 +116,9 @@ def _next(spec: ScheduleSpec, t: float, *, inclusive: bool, anchor: float | None
         base = spec.start_at if spec.start_at is not None else anchor
         found = _interval_next(t + step if base is None else base, step, t, inclusive)
     else:
-        found = cron_next(croniter_form(spec.cron_expression or ""), spec.zone(), t,
-                          inclusive=inclusive)
+        found = cron_next(
+            croniter_form(spec.cron_expression or ""), spec.zone(), t, inclusive=inclusive
+        )
     if found is not None and spec.end_at is not None and found > spec.end_at:
         return None
     return found
@@ -134,9 +137,15 @@ def _interval_next(base: float, step: float, t: float, inclusive: bool) -> float
     return base + k * step
 
 
-def due_fires(spec: ScheduleSpec, next_run_at: float | None, now: float, *,
-              anchor_epoch: float | None = None, runs_done: int = 0,
-              active_instances: int = 0) -> FireDecision:
+def due_fires(
+    spec: ScheduleSpec,
+    next_run_at: float | None,
+    now: float,
+    *,
+    anchor_epoch: float | None = None,
+    runs_done: int = 0,
+    active_instances: int = 0,
+) -> FireDecision:
     """Decide which due times of ``spec`` fire at ``now`` (see the module docstring).
 
     ``next_run_at`` is the stored next due time (it may lie far in the past), ``runs_done``
@@ -168,19 +177,28 @@ def due_fires(spec: ScheduleSpec, next_run_at: float | None, now: float, *,
         fire = fire[overlapped:]  # keep the most recent runs
     budget_left = spec.max_runs - runs_done if spec.max_runs > 0 else None
     if budget_left is not None:
-        fire = fire[:max(0, budget_left)]  # runs past the budget are not runs at all
+        fire = fire[: max(0, budget_left)]  # runs past the budget are not runs at all
     # The fire time after the last missed one is the next after ``now`` when it lies past
     # ``now`` (nothing fires in between): saves a second croniter walk on every fire.
-    nxt = after if after is not None and after > now else next_fire_after(
-        spec, now, anchor_epoch=anchor_epoch)
+    nxt = (
+        after
+        if after is not None and after > now
+        else next_fire_after(spec, now, anchor_epoch=anchor_epoch)
+    )
     finished = nxt is None or (budget_left is not None and len(fire) >= budget_left)
-    return FireDecision(fire=tuple(fire), misfired=misfired, coalesced=coalesced,
-                        overlapped=overlapped, next_run_at=None if finished else nxt,
-                        finished=finished)
+    return FireDecision(
+        fire=tuple(fire),
+        misfired=misfired,
+        coalesced=coalesced,
+        overlapped=overlapped,
+        next_run_at=None if finished else nxt,
+        finished=finished,
+    )
 
 
-def _missed(spec: ScheduleSpec, first: float, limit: float, keep: int,
-            anchor: float | None) -> tuple[int, list[float], float | None]:
+def _missed(
+    spec: ScheduleSpec, first: float, limit: float, keep: int, anchor: float | None
+) -> tuple[int, list[float], float | None]:
     """Count the due times in ``[first, limit]`` (``first`` is one) and list the ``keep`` latest.
 
     The count is exact for interval and once schedules, and a lower bound for a cron schedule
@@ -217,9 +235,11 @@ def _missed(spec: ScheduleSpec, first: float, limit: float, keep: int,
     span = (t - first) / total * keep
     while True:
         lo = max(t, limit - span)
-        window = list(itertools.takewhile(lambda x: x <= limit,
-                                          itertools.islice(_fires_after(spec, lo, anchor),
-                                                           _MAX_SCAN)))
+        window = list(
+            itertools.takewhile(
+                lambda x: x <= limit, itertools.islice(_fires_after(spec, lo, anchor), _MAX_SCAN)
+            )
+        )
         if len(window) >= keep or lo == t:
             return total + len(window), window[-keep:], None
         span *= 4

@@ -45,8 +45,15 @@ from supervisor.scheduling.store import ScheduleStore
 
 # Every signal the master handles, blocked around fork (the child unblocks after its setup).
 _BLOCKED = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-    signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
 )
 _IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
 
@@ -72,11 +79,17 @@ class SchedulerProcess:
     * ``close_fds``: descriptors the child must close (the master's signal pipe).
     """
 
-    def __init__(self, *, database_url: str, address: Any, authkey: bytes,
-                 task_types: Collection[str] | None = None,
-                 config_schedules: Sequence[ScheduleSpec] | None = None,
-                 close_fds: Sequence[int] = (),
-                 options: SchedulerOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        address: Any,
+        authkey: bytes,
+        task_types: Collection[str] | None = None,
+        config_schedules: Sequence[ScheduleSpec] | None = None,
+        close_fds: Sequence[int] = (),
+        options: SchedulerOptions | None = None,
+    ) -> None:
         self.database_url = database_url
         self.address = address
         self.authkey = authkey
@@ -114,7 +127,8 @@ class SchedulerProcess:
             code = self.serve()
         except BaseException as exc:
             logger.bind(component="scheduler").opt(exception=exc).critical(
-                "scheduler process failed: {}", exc)
+                "scheduler process failed: {}", exc
+            )
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
@@ -161,9 +175,13 @@ class SchedulerProcess:
             return int(ExitCode.USAGE)
         client = BrokerClient(self.address, self.authkey, timeout_s=10.0)
         service = SchedulerService(
-            store=ScheduleStore(engine, known_task_types=self.task_types), caller=client,
-            task_types=self.task_types, config_schedules=self.config_schedules,
-            database_label=label, options=self.options)
+            store=ScheduleStore(engine, known_task_types=self.task_types),
+            caller=client,
+            task_types=self.task_types,
+            config_schedules=self.config_schedules,
+            database_label=label,
+            options=self.options,
+        )
         log.info("scheduler started: pid {}, database {}", os.getpid(), label)
         try:
             while not self.stop:
@@ -209,18 +227,28 @@ class SchedulerProcess:
             with contextlib.suppress(BlockingIOError, OSError):
                 while os.read(self._wake_r, 4096):
                     pass
-        if self.listener is not None and self.listener in ready \
-                and not self.listener.drain():
+        if self.listener is not None and self.listener in ready and not self.listener.drain():
             self.listener.close()
             self.listener = None
 
 
-def run_scheduler(*, database_url: str, address: Any, authkey: bytes,
-                  task_types: Collection[str] | None = None,
-                  config_schedules: Sequence[ScheduleSpec] | None = None,
-                  close_fds: Sequence[int] = (),
-                  options: SchedulerOptions | None = None) -> NoReturn:
+def run_scheduler(
+    *,
+    database_url: str,
+    address: Any,
+    authkey: bytes,
+    task_types: Collection[str] | None = None,
+    config_schedules: Sequence[ScheduleSpec] | None = None,
+    close_fds: Sequence[int] = (),
+    options: SchedulerOptions | None = None,
+) -> NoReturn:
     """Run the scheduler in this (already forked) process; never returns."""
-    SchedulerProcess(database_url=database_url, address=address, authkey=authkey,
-                     task_types=task_types, config_schedules=config_schedules,
-                     close_fds=close_fds, options=options).run()
+    SchedulerProcess(
+        database_url=database_url,
+        address=address,
+        authkey=authkey,
+        task_types=task_types,
+        config_schedules=config_schedules,
+        close_fds=close_fds,
+        options=options,
+    ).run()

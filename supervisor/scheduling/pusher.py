@@ -42,9 +42,14 @@ class BrokerPusher:
     ``lag`` observes push time - due time, in seconds, on ``clock``.
     """
 
-    def __init__(self, caller: Caller, *, max_payload_bytes: int | None = 1 << 20,
-                 clock: Callable[[], float] = time.time,
-                 on_pushed: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        caller: Caller,
+        *,
+        max_payload_bytes: int | None = 1 << 20,
+        clock: Callable[[], float] = time.time,
+        on_pushed: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._caller = caller
         self._max_payload = max_payload_bytes
         self._clock = clock
@@ -54,8 +59,10 @@ class BrokerPusher:
 
     def message(self, task: dict[str, Any]) -> dict[str, Any]:
         """The broker message for a fire (raises TaskError/PayloadError for bad params)."""
-        msg = build_message({k: task[k] for k in _TASK_KEYS if task.get(k) is not None},
-                            max_payload_bytes=self._max_payload)
+        msg = build_message(
+            {k: task[k] for k in _TASK_KEYS if task.get(k) is not None},
+            max_payload_bytes=self._max_payload,
+        )
         msg["schedule_id"] = task["schedule_id"]
         msg["scheduled_at"] = task["scheduled_at"]
         return msg
@@ -70,7 +77,8 @@ class BrokerPusher:
                 raise
             self.counters["duplicate"] += 1
             _log.bind(task_id=task["task_id"]).info(
-                "task {} is already in the broker; not pushed again", task["task_id"])
+                "task {} is already in the broker; not pushed again", task["task_id"]
+            )
         self._pushed(task)
 
     def push_many(self, tasks: list[dict[str, Any]]) -> list[BaseException | None]:
@@ -121,8 +129,9 @@ class InstanceTracker:
     push will fail anyway and be retried.
     """
 
-    def __init__(self, caller: Caller, *,
-                 recent_ids: Callable[[str], list[str]] | None = None) -> None:
+    def __init__(
+        self, caller: Caller, *, recent_ids: Callable[[str], list[str]] | None = None
+    ) -> None:
         self._caller = caller
         self._recent_ids = recent_ids
         self._live: dict[str, list[str]] = {}

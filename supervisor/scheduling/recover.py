@@ -32,9 +32,16 @@ from supervisor.scheduling.rows import decode_params
 _log = logger.bind(component="scheduler")
 
 
-def retry_unpushed(engine: Engine, now: float, fire: FireCallback, *, min_age_s: float,
-                   counters: Counter[str], known: Callable[[str], bool] | None = None,
-                   limit: int = 1000) -> list[FireOutcome]:
+def retry_unpushed(
+    engine: Engine,
+    now: float,
+    fire: FireCallback,
+    *,
+    min_age_s: float,
+    counters: Counter[str],
+    known: Callable[[str], bool] | None = None,
+    limit: int = 1000,
+) -> list[FireOutcome]:
     """Settle up to ``limit`` fires left ``claimed`` or ``failed`` at least ``min_age_s`` ago.
 
     Each is re-leased with a compare-and-set on its row first, so two schedulers never settle
@@ -42,24 +49,41 @@ def retry_unpushed(engine: Engine, now: float, fire: FireCallback, *, min_age_s:
     in it).
     """
     with engine.connect() as conn:
-        stale = list(conn.execute(
-            sa.select(schedule_fire, scheduler_task.c.name, scheduler_task.c.task_type,
-                      scheduler_task.c.params, scheduler_task.c.priority,
-                      scheduler_task.c.misfire_grace_s)
-            .join(scheduler_task, scheduler_task.c.task_id == schedule_fire.c.schedule_id,
-                  isouter=True)
-            .where(schedule_fire.c.status.in_(("claimed", "failed")),
-                   schedule_fire.c.claimed_at <= now - min_age_s)
-            .order_by(schedule_fire.c.due_at).limit(limit)).mappings())
+        stale = list(
+            conn.execute(
+                sa.select(
+                    schedule_fire,
+                    scheduler_task.c.name,
+                    scheduler_task.c.task_type,
+                    scheduler_task.c.params,
+                    scheduler_task.c.priority,
+                    scheduler_task.c.misfire_grace_s,
+                )
+                .join(
+                    scheduler_task,
+                    scheduler_task.c.task_id == schedule_fire.c.schedule_id,
+                    isouter=True,
+                )
+                .where(
+                    schedule_fire.c.status.in_(("claimed", "failed")),
+                    schedule_fire.c.claimed_at <= now - min_age_s,
+                )
+                .order_by(schedule_fire.c.due_at)
+                .limit(limit)
+            ).mappings()
+        )
     outcomes = []
     for row in stale:
         with writer(engine).begin() as conn:
             lease = conn.execute(
                 sa.update(schedule_fire)
-                .where(schedule_fire.c.id == row["id"],
-                       schedule_fire.c.claimed_at == row["claimed_at"],
-                       schedule_fire.c.status == row["status"])
-                .values(claimed_at=now, status="claimed"))
+                .where(
+                    schedule_fire.c.id == row["id"],
+                    schedule_fire.c.claimed_at == row["claimed_at"],
+                    schedule_fire.c.status == row["status"],
+                )
+                .values(claimed_at=now, status="claimed")
+            )
         if lease.rowcount != 1:
             continue
         sid, name, task_id = row["schedule_id"], row["name"] or "?", row["task_id"]
@@ -68,13 +92,16 @@ def retry_unpushed(engine: Engine, now: float, fire: FireCallback, *, min_age_s:
             if row["task_type"] is None:
                 raise ScheduleError(f"schedule {sid} was deleted")
             if now - row["due_at"] > row["misfire_grace_s"]:
-                raise ScheduleError(f"due {now - row['due_at']:.0f} s ago, past the "
-                                    f"schedule's misfire_grace_s ({row['misfire_grace_s']:g})")
+                raise ScheduleError(
+                    f"due {now - row['due_at']:.0f} s ago, past the "
+                    f"schedule's misfire_grace_s ({row['misfire_grace_s']:g})"
+                )
             params = decode_params(row["params"], sid)
         except ScheduleError as exc:
             counters["expired"] += 1
-            log.warning("unpushed fire {} of schedule {} ({!r}) dropped: {}", task_id, sid,
-                        name, exc)
+            log.warning(
+                "unpushed fire {} of schedule {} ({!r}) dropped: {}", task_id, sid, name, exc
+            )
             _settle(engine, row["id"], "dropped", str(exc))
             continue
         if known is not None and known(task_id):
@@ -93,5 +120,8 @@ def retry_unpushed(engine: Engine, now: float, fire: FireCallback, *, min_age_s:
 
 def _settle(engine: Engine, fire_id: int, status: str, error: str | None) -> None:
     with writer(engine).begin() as conn:
-        conn.execute(sa.update(schedule_fire).where(schedule_fire.c.id == fire_id)
-                     .values(status=status, error=error))
+        conn.execute(
+            sa.update(schedule_fire)
+            .where(schedule_fire.c.id == fire_id)
+            .values(status=status, error=error)
+        )

@@ -11,13 +11,35 @@ from supervisor.scheduling.spec import SPEC_FIELDS, ScheduleSpec
 
 # Keys of the dicts get_task / list_tasks return: the seed's columns first, then ours.
 SEED_KEYS = (
-    "task_id", "name", "task_type", "params", "schedule_type", "interval_seconds",
-    "cron_expression", "execute_at", "last_run_at", "next_run_at", "run_count", "max_runs",
-    "enabled", "created_at", "updated_at", "description",
+    "task_id",
+    "name",
+    "task_type",
+    "params",
+    "schedule_type",
+    "interval_seconds",
+    "cron_expression",
+    "execute_at",
+    "last_run_at",
+    "next_run_at",
+    "run_count",
+    "max_runs",
+    "enabled",
+    "created_at",
+    "updated_at",
+    "description",
 )
 EXTRA_KEYS = (
-    "priority", "timezone", "start_at", "end_at", "misfire_grace_s", "misfire_policy",
-    "misfire_max_catchup", "max_instances", "overlap", "skipped_count", "source",
+    "priority",
+    "timezone",
+    "start_at",
+    "end_at",
+    "misfire_grace_s",
+    "misfire_policy",
+    "misfire_max_catchup",
+    "max_instances",
+    "overlap",
+    "skipped_count",
+    "source",
     "disabled_reason",
 )
 
@@ -34,11 +56,15 @@ def decode_params(text: str | None, schedule_id: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise ScheduleError(f"params of schedule {schedule_id} are not valid JSON ({exc}): "
-                            f"{text[:80]!r}", field="params") from exc
+        raise ScheduleError(
+            f"params of schedule {schedule_id} are not valid JSON ({exc}): {text[:80]!r}",
+            field="params",
+        ) from exc
     if not isinstance(value, dict):
-        raise ScheduleError(f"params of schedule {schedule_id} must be a JSON object, got "
-                            f"{type(value).__name__}", field="params")
+        raise ScheduleError(
+            f"params of schedule {schedule_id} must be a JSON object, got {type(value).__name__}",
+            field="params",
+        )
     return value
 
 
@@ -46,21 +72,28 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def spec_from_row(row: Mapping[Any, Any], *, params: dict[str, Any] | None = None
-                  ) -> ScheduleSpec:
+def spec_from_row(row: Mapping[Any, Any], *, params: dict[str, Any] | None = None) -> ScheduleSpec:
     """The spec stored in ``row``; params decoded unless given (raises ScheduleError)."""
     interval = row["interval_seconds"]
     return ScheduleSpec(
-        name=row["name"], task_type=row["task_type"], schedule_type=row["schedule_type"],
+        name=row["name"],
+        task_type=row["task_type"],
+        schedule_type=row["schedule_type"],
         interval_seconds=None if interval is None else float(interval),
-        cron_expression=row["cron_expression"], execute_at=_float(row["execute_at"]),
-        start_at=_float(row["start_at"]), end_at=_float(row["end_at"]),
+        cron_expression=row["cron_expression"],
+        execute_at=_float(row["execute_at"]),
+        start_at=_float(row["start_at"]),
+        end_at=_float(row["end_at"]),
         timezone=row["timezone"],
         params=decode_params(row["params"], row["task_id"]) if params is None else params,
-        priority=row["priority"], max_runs=row["max_runs"],
-        misfire_grace_s=float(row["misfire_grace_s"]), misfire_policy=row["misfire_policy"],
-        misfire_max_catchup=row["misfire_max_catchup"], max_instances=row["max_instances"],
-        overlap=row["overlap"], description=row["description"] or "",
+        priority=row["priority"],
+        max_runs=row["max_runs"],
+        misfire_grace_s=float(row["misfire_grace_s"]),
+        misfire_policy=row["misfire_policy"],
+        misfire_max_catchup=row["misfire_max_catchup"],
+        max_instances=row["max_instances"],
+        overlap=row["overlap"],
+        description=row["description"] or "",
         enabled=bool(row["enabled"]),
     )
 

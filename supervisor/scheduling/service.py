@@ -58,11 +58,17 @@ class SchedulerService:
     ``task_types`` (the app's registered types) is recorded in the database for the CLI.
     """
 
-    def __init__(self, *, store: ScheduleStore, caller: Caller,
-                 task_types: Collection[str] | None = None,
-                 config_schedules: Sequence[ScheduleSpec] | None = None,
-                 clock: Callable[[], float] = time.time, database_label: str = "",
-                 options: SchedulerOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: ScheduleStore,
+        caller: Caller,
+        task_types: Collection[str] | None = None,
+        config_schedules: Sequence[ScheduleSpec] | None = None,
+        clock: Callable[[], float] = time.time,
+        database_label: str = "",
+        options: SchedulerOptions | None = None,
+    ) -> None:
         self.store = store
         self.caller = caller
         self.options = options = options or SchedulerOptions()
@@ -71,13 +77,23 @@ class SchedulerService:
         self.config_schedules = None if config_schedules is None else list(config_schedules)
         self.database_label = database_label
         self.tracker = InstanceTracker(caller, recent_ids=store.recent_fire_task_ids)
-        self.pusher = BrokerPusher(caller, clock=clock, on_pushed=self.tracker.record,
-                                   max_payload_bytes=options.max_payload_bytes)
+        self.pusher = BrokerPusher(
+            caller,
+            clock=clock,
+            on_pushed=self.tracker.record,
+            max_payload_bytes=options.max_payload_bytes,
+        )
         self.ticker = ScheduleTicker(
-            store, self.pusher.push, fire_many=self.pusher.push_many,
-            active_instances=self.tracker.count, max_sleep_s=options.max_sleep_s,
-            backoff_base_s=options.backoff_base_s, backoff_cap_s=options.backoff_cap_s,
-            batch_size=options.batch_size, tick_limit=options.tick_limit)
+            store,
+            self.pusher.push,
+            fire_many=self.pusher.push_many,
+            active_instances=self.tracker.count,
+            max_sleep_s=options.max_sleep_s,
+            backoff_base_s=options.backoff_base_s,
+            backoff_cap_s=options.backoff_cap_s,
+            batch_size=options.batch_size,
+            tick_limit=options.tick_limit,
+        )
         self.ready = False
         self.state = "starting"
         self.started_at = clock()
@@ -118,13 +134,13 @@ class SchedulerService:
         try:
             removed = self.store.prune_fires(now - self.options.fire_retention_s, batch=batch)
         except SQLAlchemyError as exc:
-            _log.warning("could not prune old fire records ({}); trying again later",
-                         _short(exc))
+            _log.warning("could not prune old fire records ({}); trying again later", _short(exc))
             removed = 0
         self._next_prune = now + (1.0 if removed >= batch else self.options.prune_every_s)
         if removed:
-            _log.debug("pruned {} fire record(s) older than {:g} s", removed,
-                       self.options.fire_retention_s)
+            _log.debug(
+                "pruned {} fire record(s) older than {:g} s", removed, self.options.fire_retention_s
+            )
         return removed
 
     def prepare(self, now: float) -> float:
@@ -141,15 +157,24 @@ class SchedulerService:
                 self.store.register_task_types(self.task_types)
         except SQLAlchemyError as exc:
             self._prepare_failures += 1
-            delay = min(self.options.backoff_cap_s,
-                        self.options.backoff_base_s * 2.0 ** min(self._prepare_failures - 1, 30))
+            delay = min(
+                self.options.backoff_cap_s,
+                self.options.backoff_base_s * 2.0 ** min(self._prepare_failures - 1, 30),
+            )
             self.state = "backoff"
-            _log.warning("scheduler database {} not usable ({}); retrying in {:.1f} s",
-                         self.database_label, _short(exc), delay)
+            _log.warning(
+                "scheduler database {} not usable ({}); retrying in {:.1f} s",
+                self.database_label,
+                _short(exc),
+                delay,
+            )
             return now + delay
         self.ready, self.state = True, "running"
-        _log.info("scheduler ready on {}: {} enabled schedule(s)", self.database_label,
-                  self.store.count_enabled())
+        _log.info(
+            "scheduler ready on {}: {} enabled schedule(s)",
+            self.database_label,
+            self.store.count_enabled(),
+        )
         self.retry_unpushed(0.0)  # what a crashed predecessor left claimed or failed
         self._next_retry = now + self.options.retry_every_s
         return now
@@ -164,21 +189,22 @@ class SchedulerService:
             _log.error("config schedules not applied (the stored ones keep firing): {}", exc)
             return
         self.config_error = None
-        _log.info("config schedules: {} created, {} updated, {} unchanged, {} disabled",
-                  len(report.created), len(report.updated), len(report.unchanged),
-                  len(report.disabled))
+        _log.info(
+            "config schedules: {} created, {} updated, {} unchanged, {} disabled",
+            len(report.created),
+            len(report.updated),
+            len(report.unchanged),
+            len(report.disabled),
+        )
         for name in report.disabled:
-            _log.warning("schedule {!r} is no longer in the config: disabled (not deleted)",
-                         name)
+            _log.warning("schedule {!r} is no longer in the config: disabled (not deleted)", name)
 
     def retry_unpushed(self, min_age_s: float) -> None:
         """Settle fires left claimed or failed (see :mod:`supervisor.scheduling.recover`)."""
         try:
-            self.store.retry_unpushed(self.pusher.push, min_age_s=min_age_s,
-                                      known=self._known)
+            self.store.retry_unpushed(self.pusher.push, min_age_s=min_age_s, known=self._known)
         except SQLAlchemyError as exc:
-            _log.warning("could not look for unpushed fires ({}); trying again later",
-                         _short(exc))
+            _log.warning("could not look for unpushed fires ({}); trying again later", _short(exc))
 
     def _known(self, task_id: str) -> bool:
         try:
@@ -200,11 +226,19 @@ class SchedulerService:
             except SQLAlchemyError:
                 pass
         return status_doc(
-            pid=os.getpid(), state=self.state, started_at=self.started_at, now=now,
-            database=self.database_label, counters=self.counters(), lag=self.pusher.lag,
-            next_due_at=self.ticker.next_due, enabled=self._enabled,
+            pid=os.getpid(),
+            state=self.state,
+            started_at=self.started_at,
+            now=now,
+            database=self.database_label,
+            counters=self.counters(),
+            lag=self.pusher.lag,
+            next_due_at=self.ticker.next_due,
+            enabled=self._enabled,
             db_failures=self.ticker.failures or self._prepare_failures * (not self.ready),
-            last_tick_s=self.last_tick_s, config_error=self.config_error)
+            last_tick_s=self.last_tick_s,
+            config_error=self.config_error,
+        )
 
     def publish(self, now: float) -> None:
         """Send the status document to the broker (``publish_scheduler_status``)."""
@@ -214,8 +248,11 @@ class SchedulerService:
         except Exception as exc:  # an older broker without the method, or the broker is gone
             if not self._status_failed:
                 self._status_failed = True
-                _log.debug("cannot publish the scheduler status ({}: {}); carrying on",
-                           type(exc).__name__, exc)
+                _log.debug(
+                    "cannot publish the scheduler status ({}: {}); carrying on",
+                    type(exc).__name__,
+                    exc,
+                )
 
 
 def _short(exc: BaseException) -> str:

@@ -16,8 +16,20 @@ from typing import Any
 LAG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 # Counters of ScheduleStore / BrokerPusher that the document carries (0 when never counted).
 COUNTERS = (
-    "fired", "late", "misfired", "coalesced", "overlapped", "push_failed", "duplicate",
-    "retried", "confirmed", "expired", "lost_race", "already_fired", "db_error", "broken",
+    "fired",
+    "late",
+    "misfired",
+    "coalesced",
+    "overlapped",
+    "push_failed",
+    "duplicate",
+    "retried",
+    "confirmed",
+    "expired",
+    "lost_race",
+    "already_fired",
+    "db_error",
+    "broken",
     "corrupt_params",
 )
 MISFIRE_POLICIES = ("skip", "once", "all")
@@ -46,14 +58,29 @@ class LagHistogram:
         for bound, n in zip((*self.bounds, float("inf")), self._counts, strict=True):
             cumulative += n
             buckets.append([bound, cumulative])
-        return {"buckets": buckets, "count": self.count, "sum_s": round(self.sum_s, 6),
-                "max_s": round(self.max_s, 6)}
+        return {
+            "buckets": buckets,
+            "count": self.count,
+            "sum_s": round(self.sum_s, 6),
+            "max_s": round(self.max_s, 6),
+        }
 
 
-def status_doc(*, pid: int, state: str, started_at: float, now: float, database: str,
-               counters: Mapping[str, int], lag: LagHistogram, next_due_at: float | None,
-               enabled: int | None, db_failures: int, last_tick_s: float,
-               config_error: str | None = None) -> dict[str, Any]:
+def status_doc(
+    *,
+    pid: int,
+    state: str,
+    started_at: float,
+    now: float,
+    database: str,
+    counters: Mapping[str, int],
+    lag: LagHistogram,
+    next_due_at: float | None,
+    enabled: int | None,
+    db_failures: int,
+    last_tick_s: float,
+    config_error: str | None = None,
+) -> dict[str, Any]:
     """The document published to the broker; see the module docstring."""
     return {
         "pid": pid,

@@ -34,11 +34,19 @@ _log = logger.bind(component="scheduler")
 class ScheduleTicker:
     """Fires due schedules of ``store`` through ``fire``; tells the master when to wake."""
 
-    def __init__(self, store: ScheduleStore, fire: FireCallback, *,
-                 active_instances: ActiveCount | None = None, max_sleep_s: float = 1.0,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0,
-                 fire_many: FireMany | None = None, batch_size: int = DEFAULT_BATCH,
-                 tick_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        fire: FireCallback,
+        *,
+        active_instances: ActiveCount | None = None,
+        max_sleep_s: float = 1.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        fire_many: FireMany | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        tick_limit: int | None = None,
+    ) -> None:
         self._store = store
         self._fire = fire
         self._fire_many = fire_many
@@ -61,16 +69,20 @@ class ScheduleTicker:
         errors_before = self._store.counters["db_error"]
         try:
             self.last_fired = self._store.claim_due(
-                now, self._fire, active_instances=self._active, limit=self._tick_limit,
-                batch_size=self._batch_size, fire_many=self._fire_many)
+                now,
+                self._fire,
+                active_instances=self._active,
+                limit=self._tick_limit,
+                batch_size=self._batch_size,
+                fire_many=self._fire_many,
+            )
             next_due = self.next_due = self._store.next_due_at()
         except SQLAlchemyError as exc:
             return self._back_off(now, exc)
         if self._store.counters["db_error"] > errors_before:
             return self._back_off(now, "a schedule could not be claimed (database busy)")
         if self.failures:
-            _log.info("scheduler database reachable again after {} failed tick(s)",
-                      self.failures)
+            _log.info("scheduler database reachable again after {} failed tick(s)", self.failures)
         self.failures = 0
         wake = now + self._max_sleep_s
         return wake if next_due is None else max(now, min(wake, next_due))
@@ -79,6 +91,10 @@ class ScheduleTicker:
         self.failures += 1
         delay_s = min(self._cap_s, self._base_s * 2.0 ** min(self.failures - 1, 30))
         self._retry_at = now + delay_s
-        _log.warning("scheduler tick failed ({}); retrying in {:.1f} s (failure {})",
-                     reason, delay_s, self.failures)
+        _log.warning(
+            "scheduler tick failed ({}); retrying in {:.1f} s (failure {})",
+            reason,
+            delay_s,
+            self.failures,
+        )
         return self._retry_at

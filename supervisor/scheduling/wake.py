@@ -34,8 +34,12 @@ _log = logger.bind(component="scheduler")
 
 def _sqlite_address(engine: Engine) -> bytes | None:
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" \
-            or not sys.platform.startswith("linux"):
+    if (
+        engine.dialect.name != "sqlite"
+        or not database
+        or database == ":memory:"
+        or not sys.platform.startswith("linux")
+    ):
         return None
     digest = hashlib.sha1(os.path.realpath(database).encode(), usedforsecurity=False)
     return b"\0supervisor-scheduler-" + digest.hexdigest()[:20].encode()
@@ -73,8 +77,11 @@ class Listener:
         try:
             self._drain()
         except Exception as exc:
-            _log.warning("lost the schedule-change listener ({}); noticing changes within a "
-                         "second from now on", exc)
+            _log.warning(
+                "lost the schedule-change listener ({}); noticing changes within a "
+                "second from now on",
+                exc,
+            )
             return False
         return True
 
@@ -96,8 +103,10 @@ def listen(engine: Engine) -> Listener | None:
             sock.bind(address)
         except OSError:  # another scheduler on this file has it: keep the one-second look
             sock.close()
-            _log.info("another scheduler listens for changes to this SQLite file; this one "
-                      "notices them within a second")
+            _log.info(
+                "another scheduler listens for changes to this SQLite file; this one "
+                "notices them within a second"
+            )
             return None
         sock.setblocking(False)
 
@@ -108,8 +117,7 @@ def listen(engine: Engine) -> Listener | None:
 
         return Listener(sock.fileno(), drain, sock.close)
     except Exception as exc:  # best effort: the one-second look still works
-        _log.warning("cannot listen for schedule changes ({}); noticing them within a second",
-                     exc)
+        _log.warning("cannot listen for schedule changes ({}); noticing them within a second", exc)
         return None
 
 

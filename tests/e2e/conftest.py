@@ -24,8 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 class Master:
     """A running ``supervisor run`` and helpers to observe it."""
 
-    def __init__(self, tmp_path: Path, args: list[str], workers: int, prefix: list[str],
-                 database: str | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        args: list[str],
+        workers: int,
+        prefix: list[str],
+        database: str | None = None,
+    ) -> None:
         self.run_dir = tmp_path / "run"
         self.database = database or f"sqlite:///{tmp_path / 'supervisor.db'}"
         self.log_path = tmp_path / "master.log"

@@ -166,8 +166,11 @@ def test_hard_timeout_kills_the_handlers_children_too(start_master):
     task_id = m.queue.push_task({"type": "family", "params": {"key": "fam"}})
     pids = wait_until(lambda: m.queue.get_public("fam"), what="the task and its child to start")
     m.wait_status(task_id, "dead")
-    wait_until(lambda: gone(pids["worker"]) and gone(pids["child"]), 5,
-               what="the worker and the child it spawned to be killed")
+    wait_until(
+        lambda: gone(pids["worker"]) and gone(pids["child"]),
+        5,
+        what="the worker and the child it spawned to be killed",
+    )
 
 
 def test_reject_goes_dead_at_once(start_master):
@@ -187,10 +190,10 @@ def test_retry_exception_waits_its_delay(start_master):
 
 def test_result_over_the_cap_fails_with_a_clear_error(start_master):
     m = start_master("--max-result-bytes", "1000", workers=1)
-    ok = m.wait_status(m.queue.push_task({"type": "big_result", "params": {"size": 10}}),
-                       "succeeded")
+    ok = m.wait_status(
+        m.queue.push_task({"type": "big_result", "params": {"size": 10}}), "succeeded"
+    )
     assert ok["result"] == "x" * 10
-    rec = m.wait_status(m.queue.push_task({"type": "big_result", "params": {"size": 5000}}),
-                        "dead")
+    rec = m.wait_status(m.queue.push_task({"type": "big_result", "params": {"size": 5000}}), "dead")
     assert rec["attempts"] == 1  # not retried: it would be as big again
     assert "is 5002 bytes as JSON; the limit is 1000 (max_result_bytes)" in rec["error"]

@@ -33,8 +33,13 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 # -- helpers (also used by test_observability_prometheus) ------------------------------------
 def http_address(m: Any, timeout_s: float = 20) -> str:
     path = m.run_dir / "http_address"
-    return str(wait_until(lambda: path.exists() and path.read_text().strip(), timeout_s,
-                          what="RUN_DIR/http_address"))
+    return str(
+        wait_until(
+            lambda: path.exists() and path.read_text().strip(),
+            timeout_s,
+            what="RUN_DIR/http_address",
+        )
+    )
 
 
 def get(address: str, path: str) -> tuple[int, bytes]:
@@ -67,16 +72,23 @@ def total(got: Samples, name: str, **labels: str) -> float:
 
 def supervisor_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "supervisor", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def finish_all(m: Any, pushes: list[tuple[str, dict[str, Any], int]]) -> dict[str, list[str]]:
     """Push ``count`` tasks of each (type, params); wait until every one is finished."""
     ids: dict[str, list[str]] = {}
     for task_type, params, count in pushes:
-        ids[task_type] = [m.queue.push_task({"type": task_type, "params": params})
-                          for _ in range(count)]
+        ids[task_type] = [
+            m.queue.push_task({"type": task_type, "params": params}) for _ in range(count)
+        ]
     every = [t for group in ids.values() for t in group]
 
     def finished() -> bool:
@@ -90,8 +102,9 @@ def finish_all(m: Any, pushes: list[tuple[str, dict[str, Any], int]]) -> dict[st
 def test_counters_equal_the_known_outcomes(start_master) -> None:
     m = start_master(*METRICS, workers=2)
     address = http_address(m)
-    finish_all(m, [("noop", {}, 7), ("fail", {"why": "test"}, 3), ("picky", {}, 2),
-                   ("again", {}, 2)])
+    finish_all(
+        m, [("noop", {}, 7), ("fail", {"why": "test"}, 3), ("picky", {}, 2), ("again", {}, 2)]
+    )
     got = scrape(address)
     finished = "supervisor_tasks_finished_total"
     assert value(got, finished, type="noop", status="succeeded") == 7
@@ -114,11 +127,16 @@ def test_counters_equal_the_known_outcomes(start_master) -> None:
     assert value(got, "supervisor_tasks_in_progress") == 0
     assert total(got, "supervisor_queue_depth") == 0
     assert total(got, "supervisor_worker_restarts_total") == 0
-    wait_until(lambda: value(scrape(address), "supervisor_workers_desired") == 2,
-               what="the master's status in the metrics")
+    wait_until(
+        lambda: value(scrape(address), "supervisor_workers_desired") == 2,
+        what="the master's status in the metrics",
+    )
     got = scrape(address)
-    assert total(got, "supervisor_workers", state="idle") + total(
-        got, "supervisor_workers", state="busy") == 2
+    assert (
+        total(got, "supervisor_workers", state="idle")
+        + total(got, "supervisor_workers", state="busy")
+        == 2
+    )
     assert len([k for k in got if k[0] == "supervisor_worker_resident_memory_bytes"]) == 2
     assert value(got, "supervisor_master_state", state="running") == 1
 
@@ -130,9 +148,13 @@ def test_kill_9_of_a_worker_is_one_restart_with_reason_crash(start_master) -> No
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: victim not in m.wait_ready(), 20, what="a replacement worker")
     got = wait_until(
-        lambda: (g := scrape(address))
-        and value(g, "supervisor_worker_restarts_total", reason="crash") >= 1 and g,
-        what="the crash in the metrics")
+        lambda: (
+            (g := scrape(address))
+            and value(g, "supervisor_worker_restarts_total", reason="crash") >= 1
+            and g
+        ),
+        what="the crash in the metrics",
+    )
     assert value(got, "supervisor_worker_restarts_total", reason="crash") == 1
     assert total(got, "supervisor_worker_restarts_total") == 1
     assert value(got, "supervisor_workers_desired") == 2
@@ -147,10 +169,11 @@ def test_exposition_passes_promtool_check_metrics(start_master) -> None:
     m.queue.set_public("k", "v")
     code, body = get(address, "/metrics")
     assert code == 200
-    res = subprocess.run([str(promtool), "check", "metrics"], input=body, capture_output=True,
-                         timeout=30)
+    res = subprocess.run(
+        [str(promtool), "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
     assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
-    assert b'supervisor_store_keys 1.0' in body
+    assert b"supervisor_store_keys 1.0" in body
 
 
 def test_livez_readyz_and_supervisor_health_follow_the_master(start_master) -> None:

@@ -33,8 +33,14 @@ pytestmark = pytest.mark.timeout(240)
 DASHBOARD = REPO / "grafana" / "dashboards" / "supervisor.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 # What Grafana would put in place of its variables (every job and instance: "All").
-GRAFANA_VARS = {"__rate_interval": "30s", "__interval": "5s", "__range": "5m",
-                "job": ".*", "instance": ".*", "type": ".*"}
+GRAFANA_VARS = {
+    "__rate_interval": "30s",
+    "__interval": "5s",
+    "__range": "5m",
+    "job": ".*",
+    "instance": ".*",
+    "type": ".*",
+}
 COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)(?!\s*bool)\s*(?=[0-9.])")
 METRIC = re.compile(r"\b(supervisor_[a-z0-9_]+|up)\b")
 
@@ -81,9 +87,14 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
-            "scrape_configs": [{"job_name": "supervisor", "scrape_interval": "1s",
-                                "scrape_timeout": "1s",
-                                "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "supervisor",
+                    "scrape_interval": "1s",
+                    "scrape_timeout": "1s",
+                    "static_configs": [{"targets": [target]}],
+                }
+            ],
         }
         cfg = tmp_path / "prometheus.yml"
         cfg.write_text(json.dumps(config))  # JSON is YAML
@@ -91,9 +102,17 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         log = tmp_path / "prometheus.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    binary,
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         prom = Prometheus(f"http://127.0.0.1:{port}", proc, log)
         started.append(prom)
 
@@ -152,14 +171,31 @@ def alert_exprs() -> list[tuple[str, str]]:
 def test_every_dashboard_and_alert_expression_returns_data(start_master, prometheus_for):
     m = start_master(*METRICS, "--max-memory-per-child", "1024", workers=2)
     prom = prometheus_for(http_address(m))
-    wait_until(lambda: prom.query('up{job="supervisor"} == 1'), 30, interval_s=0.2,
-               what="prometheus to scrape the supervisor")
-    finish_all(m, [("noop", {}, 20), ("fail", {"why": "dashboards"}, 2), ("again", {}, 2),
-                   ("picky", {}, 1), ("exit", {}, 1), ("long", {"seconds": 0.2, "key": "l"}, 3)])
+    wait_until(
+        lambda: prom.query('up{job="supervisor"} == 1'),
+        30,
+        interval_s=0.2,
+        what="prometheus to scrape the supervisor",
+    )
+    finish_all(
+        m,
+        [
+            ("noop", {}, 20),
+            ("fail", {"why": "dashboards"}, 2),
+            ("again", {}, 2),
+            ("picky", {}, 1),
+            ("exit", {}, 1),
+            ("long", {"seconds": 0.2, "key": "l"}, 3),
+        ],
+    )
     m.queue.set_public("some-key", "v")
     done = time.time()
-    wait_until(lambda: prom.query(f"timestamp(supervisor_build_info) > {done + 3}"), 30,
-               interval_s=0.2, what="scrapes after the workload")
+    wait_until(
+        lambda: prom.query(f"timestamp(supervisor_build_info) > {done + 3}"),
+        30,
+        interval_s=0.2,
+        what="scrapes after the workload",
+    )
     names = set(prom.api("/api/v1/label/__name__/values"))
     failures = []
     for where, expr in dashboard_exprs():
@@ -176,8 +212,11 @@ def test_every_dashboard_and_alert_expression_returns_data(start_master, prometh
             failures.append(f"{where} (bool): {as_bool}\n    -> {error or 'no data'}")
     exprs = [e for _, e in dashboard_exprs() + alert_exprs()]
     unknown = {n for e in exprs for n in METRIC.findall(e)} - names
-    unknown = {n for n in unknown if not any(n == k + s for k in names
-                                             for s in ("_bucket", "_sum", "_count"))}
+    unknown = {
+        n
+        for n in unknown
+        if not any(n == k + s for k in names for s in ("_bucket", "_sum", "_count"))
+    }
     assert not unknown, f"metrics used but never scraped: {sorted(unknown)}"
     assert not failures, "expressions without data:\n" + "\n".join(failures)
     assert len(exprs) >= 40
@@ -192,17 +231,30 @@ def test_prometheus_sees_the_true_counts_and_evaluates_every_rule(start_master, 
         result = prom.query(expr)
         return float(result[0]["value"][1]) if result else None
 
-    wait_until(lambda: scalar('sum(supervisor_tasks_finished_total{type="noop"})') == 5
-               and scalar('sum(supervisor_worker_restarts_total{reason="crash"})') == 3,
-               30, interval_s=0.2, what="prometheus to see the finished tasks and crashes")
+    wait_until(
+        lambda: (
+            scalar('sum(supervisor_tasks_finished_total{type="noop"})') == 5
+            and scalar('sum(supervisor_worker_restarts_total{reason="crash"})') == 3
+        ),
+        30,
+        interval_s=0.2,
+        what="prometheus to see the finished tasks and crashes",
+    )
     assert scalar('sum(supervisor_tasks_finished_total{type="exit",status="dead"})') == 1
     assert scalar('sum(supervisor_task_attempts_failed_total{reason="worker_lost"})') == 3
 
     def rules_evaluated() -> list[dict[str, Any]] | None:
         rules = [r for g in prom.api("/api/v1/rules")["groups"] for r in g["rules"]]
-        return rules if rules and all(r.get("lastEvaluation", "").startswith("2")
-                                      and not r["lastEvaluation"].startswith("0001")
-                                      for r in rules) else None
+        return (
+            rules
+            if rules
+            and all(
+                r.get("lastEvaluation", "").startswith("2")
+                and not r["lastEvaluation"].startswith("0001")
+                for r in rules
+            )
+            else None
+        )
 
     rules = wait_until(rules_evaluated, 30, interval_s=0.2, what="every rule to be evaluated")
     assert {r["name"] for r in rules} == {w.split(" ", 1)[1] for w, _ in alert_exprs()}

@@ -40,30 +40,48 @@ def fires(path: Path) -> list[tuple[float, str, int]]:
 
 def scheduler_for(m: Any) -> Scheduler:
     api = Scheduler.from_url(m.database)
-    wait_until(api.store.registered_task_types, 20,
-               what="the scheduler process to prepare the database")
+    wait_until(
+        api.store.registered_task_types, 20, what="the scheduler process to prepare the database"
+    )
     return api
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "supervisor", "schedules", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "schedules", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_schedule_added_with_the_seed_api_fires_three_times_into_workers(
-        start_master: Any, tmp_path: Path) -> None:
+    start_master: Any, tmp_path: Path
+) -> None:
     m = start_master(workers=1)
     api = scheduler_for(m)
     path = tmp_path / "fires.log"
     with pytest.raises(ScheduleError, match=r"'nope' is not registered; known: .*stamp_due"):
-        api.add_scheduler_task(name="bad", task_type="nope", schedule_type="interval",
-                               interval_seconds=1)
-    sid = api.add_scheduler_task(name="three", task_type="stamp_due", schedule_type="interval",
-                                 interval_seconds=1, params={"path": str(path)}, max_runs=3)
+        api.add_scheduler_task(
+            name="bad", task_type="nope", schedule_type="interval", interval_seconds=1
+        )
+    sid = api.add_scheduler_task(
+        name="three",
+        task_type="stamp_due",
+        schedule_type="interval",
+        interval_seconds=1,
+        params={"path": str(path)},
+        max_runs=3,
+    )
     done = wait_until(lambda: len(fires(path)) >= 3 and fires(path), 20, what="three fires")
-    task = wait_until(lambda: (t := api.get_task(sid)) is not None and not t["enabled"] and t,
-                      10, what="the schedule to finish")
+    task = wait_until(
+        lambda: (t := api.get_task(sid)) is not None and not t["enabled"] and t,
+        10,
+        what="the schedule to finish",
+    )
     assert task["run_count"] == 3 and task["disabled_reason"] == "max_runs reached (3)"
     due = [d for d, _, _ in done]
     assert [round(b - a, 6) for a, b in itertools.pairwise(due)] == [1.0, 1.0]
@@ -75,13 +93,21 @@ def test_a_schedule_added_with_the_seed_api_fires_three_times_into_workers(
 
 
 def test_kill_9_of_the_master_between_fires_loses_and_doubles_no_due_time(
-        start_master: Any, tmp_path: Path) -> None:
+    start_master: Any, tmp_path: Path
+) -> None:
     first = start_master(workers=1)
     api = scheduler_for(first)
     path = tmp_path / "fires.log"
     sid = api.add_scheduler_task(
-        name="steady", task_type="stamp_due", schedule_type="interval", interval_seconds=1,
-        params={"path": str(path)}, misfire_policy="all", misfire_grace_s=60, overlap="queue")
+        name="steady",
+        task_type="stamp_due",
+        schedule_type="interval",
+        interval_seconds=1,
+        params={"path": str(path)},
+        misfire_policy="all",
+        misfire_grace_s=60,
+        overlap="queue",
+    )
     wait_until(lambda: len(fires(path)) >= 2, 20, what="two fires before the crash")
     tree = [p.pid for p in first.descendants()]
     first.signal(signal.SIGKILL)  # right after a fire: the next one is ~1 s away
@@ -89,8 +115,11 @@ def test_kill_9_of_the_master_between_fires_loses_and_doubles_no_due_time(
     wait_until(lambda: all(gone(pid) for pid in tree), 10, what="the old tree to die")
     before = len({tid for _, tid, _ in fires(path)})
     second = start_master(workers=1, database=first.database)
-    wait_until(lambda: len({tid for _, tid, _ in fires(path)}) >= before + 3, 30,
-               what="fires after the restart")
+    wait_until(
+        lambda: len({tid for _, tid, _ in fires(path)}) >= before + 3,
+        30,
+        what="fires after the restart",
+    )
     second.signal(signal.SIGTERM)
     assert second.wait_exit(30) == 0
     runs = fires(path)
@@ -107,26 +136,41 @@ def test_kill_9_of_the_master_between_fires_loses_and_doubles_no_due_time(
 
 
 def test_config_file_schedules_are_upserted_and_the_cli_manages_them(
-        start_master: Any, tmp_path: Path) -> None:
+    start_master: Any, tmp_path: Path
+) -> None:
     path = tmp_path / "fires.log"
     config = tmp_path / "supervisor.toml"
     config.write_text(
         "[[schedules]]\n"
         'name = "from-config"\ntask_type = "stamp_due"\nschedule_type = "interval"\n'
-        f'interval_seconds = 0.5\nparams = {{ path = "{path}" }}\nmax_runs = 2\n')
+        f'interval_seconds = 0.5\nparams = {{ path = "{path}" }}\nmax_runs = 2\n'
+    )
     m = start_master("--config", str(config), workers=1)
     wait_until(lambda: len(fires(path)) >= 2, 20, what="the config schedule to fire")
     db = ["--database", m.database]
     listed = json.loads(cli("list", "--json", *db).stdout)
     assert [(t["name"], t["source"], t["run_count"]) for t in listed] == [
-        ("from-config", "config", 2)]
+        ("from-config", "config", 2)
+    ]
 
-    added = cli("add", "soon", "--type", "stamp_due", "--at", "+0.3s",
-                "--params", json.dumps({"path": str(path)}), *db)
+    added = cli(
+        "add",
+        "soon",
+        "--type",
+        "stamp_due",
+        "--at",
+        "+0.3s",
+        "--params",
+        json.dumps({"path": str(path)}),
+        *db,
+    )
     assert added.returncode == 0, added.stderr
     sid = added.stdout.strip()
-    done = wait_until(lambda: [f for f in fires(path) if sid in f[1]], 10,
-                      what="the schedule added by the CLI to fire")
+    done = wait_until(
+        lambda: [f for f in fires(path) if sid in f[1]],
+        10,
+        what="the schedule added by the CLI to fire",
+    )
     rec = m.task(done[0][1])
     assert rec is not None and rec["pushed_at"] - rec["scheduled_at"] < 0.5  # woken, not polled
     bad = cli("add", "x", "--type", "stamp_due", "--cron", "61 * * * *", *db)
@@ -140,7 +184,10 @@ def test_config_file_schedules_are_upserted_and_the_cli_manages_them(
     config.write_text("")  # the schedule is gone from the file: disabled, not deleted
     again = start_master("--config", str(config), workers=1, database=m.database)
     api = scheduler_for(again)
-    wait_until(lambda: (t := api.list_tasks()[0]) and t["disabled_reason"] ==
-               "removed from config", 10, what="the removed schedule to be disabled")
+    wait_until(
+        lambda: (t := api.list_tasks()[0]) and t["disabled_reason"] == "removed from config",
+        10,
+        what="the removed schedule to be disabled",
+    )
     assert [t["name"] for t in api.list_tasks()] == ["from-config", "soon"]
     api.close()

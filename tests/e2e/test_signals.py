@@ -200,11 +200,15 @@ def test_as_pid1_reaps_orphans_and_exits_zero_on_term(start_master):
 def test_usr1_reopens_the_log_file(start_master, tmp_path: Path):
     log_file = tmp_path / "supervisor.log"
     m = start_master("--log-file", str(log_file), workers=1)
-    wait_until(lambda: log_file.exists() and "master started" in log_file.read_text(),
-               what="the log file to be written")
+    wait_until(
+        lambda: log_file.exists() and "master started" in log_file.read_text(),
+        what="the log file to be written",
+    )
     rotated = tmp_path / "supervisor.log.1"
     log_file.rename(rotated)
     m.signal(signal.SIGUSR1)
-    wait_until(lambda: log_file.exists() and "log files reopened" in log_file.read_text(),
-               what="a new log file after USR1")
+    wait_until(
+        lambda: log_file.exists() and "log files reopened" in log_file.read_text(),
+        what="a new log file after USR1",
+    )
     assert "log files reopened" not in rotated.read_text()

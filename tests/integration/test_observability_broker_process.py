@@ -40,10 +40,17 @@ class BrokerWithHttp:
         self.run_dir = run_dir
         self.pids: list[int] = []
         self.pid, self.address = start_broker_process(
-            address=os.path.join(self.sock_dir, "b.sock"), authkey=self.authkey,
+            address=os.path.join(self.sock_dir, "b.sock"),
+            authkey=self.authkey,
             make_broker=lambda: MemoryBroker(task_types=None),
-            on_serve=make_on_serve(host="127.0.0.1", port=port, scoreboard=self.board,
-                                   run_dir=str(run_dir), graceful_timeout_s=7))
+            on_serve=make_on_serve(
+                host="127.0.0.1",
+                port=port,
+                scoreboard=self.board,
+                run_dir=str(run_dir),
+                graceful_timeout_s=7,
+            ),
+        )
         self.pids.append(self.pid)
         self.queue = Queue(BrokerClient(self.address, self.authkey, timeout_s=10))
         self.http = (run_dir / "http_address").read_text().strip()
@@ -90,29 +97,41 @@ def test_a_taken_port_fails_the_broker_start_with_the_reason(tmp_path: Path) -> 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(BrokerError, match=f"metrics endpoint: cannot listen on 127.0.0.1:"
-                                              f"{port}: Address already in use"):
+        with pytest.raises(
+            BrokerError,
+            match=f"metrics endpoint: cannot listen on 127.0.0.1:{port}: Address already in use",
+        ):
             BrokerWithHttp(tmp_path, port=port)
 
 
-def test_the_scheduler_process_reports_fires_and_lag(broker: BrokerWithHttp,
-                                                     tmp_path: Path) -> None:
+def test_the_scheduler_process_reports_fires_and_lag(
+    broker: BrokerWithHttp, tmp_path: Path
+) -> None:
     url = f"sqlite:///{tmp_path / 'schedules.db'}"
     api = Scheduler.from_url(url)
     try:
-        api.add_scheduler_task(name="tick", task_type="t", schedule_type="interval",
-                               interval_seconds=0.2, overlap="queue")
+        api.add_scheduler_task(
+            name="tick",
+            task_type="t",
+            schedule_type="interval",
+            interval_seconds=0.2,
+            overlap="queue",
+        )
         # nothing runs its tasks: from its second due time on, each one overlaps the first
-        api.add_scheduler_task(name="solo", task_type="s", schedule_type="interval",
-                               interval_seconds=0.2)
-        proc = SchedulerProcess(database_url=url, address=broker.address,
-                                authkey=broker.authkey)
+        api.add_scheduler_task(
+            name="solo", task_type="s", schedule_type="interval", interval_seconds=0.2
+        )
+        proc = SchedulerProcess(database_url=url, address=broker.address, authkey=broker.authkey)
         broker.pids.append(proc.start())
 
         def fired() -> dict[Any, float] | None:
             got = scrape(broker.http)
-            return got if value(got, "supervisor_scheduler_fires_total") >= 3 and value(
-                got, "supervisor_scheduler_misfires_total", action="overlapped") >= 1 else None
+            return (
+                got
+                if value(got, "supervisor_scheduler_fires_total") >= 3
+                and value(got, "supervisor_scheduler_misfires_total", action="overlapped") >= 1
+                else None
+            )
 
         got = wait_until(fired, 30, what="the scheduler's fires in the metrics")
     finally:

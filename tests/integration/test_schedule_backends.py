@@ -25,8 +25,9 @@ from supervisor.scheduling.models import scheduler_task, writer
 from tests.helpers import require_service
 
 pytestmark = pytest.mark.timeout(60)
-PG_URL = os.environ.get("SUPERVISOR_TEST_POSTGRES",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "SUPERVISOR_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 BACKENDS = ("sqlite", "postgresql")
 T0 = 1_700_000_000.0
 _pg_problem: list[str | None] = []
@@ -69,11 +70,15 @@ def _drop_schema(admin: sa.Engine, schema: str) -> None:
     """Drop the test's schema; a connection a failed test left in a transaction must not
     block it, so whoever holds a lock in the schema is terminated first."""
     with admin.begin() as conn:
-        conn.execute(sa.text(
-            "SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT l.pid FROM pg_locks l "
-            "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :schema AND l.pid <> pg_backend_pid()) AS holders"),
-            {"schema": schema})
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM (SELECT DISTINCT l.pid FROM pg_locks l "
+                "JOIN pg_class c ON c.oid = l.relation "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = :schema AND l.pid <> pg_backend_pid()) AS holders"
+            ),
+            {"schema": schema},
+        )
         conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
         conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
@@ -94,13 +99,20 @@ def test_a_locked_row_is_skipped_not_waited_for(pg_url: str) -> None:
     now = [T0]
     a, b = _stores(pg_url, 2, now)
     try:
-        ids = [a.add_scheduler_task(name=f"s{k}", task_type="t", schedule_type="interval",
-                                    interval_seconds=10) for k in range(3)]
+        ids = [
+            a.add_scheduler_task(
+                name=f"s{k}", task_type="t", schedule_type="interval", interval_seconds=10
+            )
+            for k in range(3)
+        ]
         pushed: list[dict[str, Any]] = []
         with writer(a._engine).connect() as held, held.begin():
             # Another scheduler is in the middle of claiming ids[0].
-            held.execute(sa.select(scheduler_task).where(scheduler_task.c.task_id == ids[0])
-                         .with_for_update())
+            held.execute(
+                sa.select(scheduler_task)
+                .where(scheduler_task.c.task_id == ids[0])
+                .with_for_update()
+            )
             b.claim_due(T0 + 10, pushed.append)  # returns at once: the locked row is skipped
             assert sorted(t["schedule_id"] for t in pushed) == sorted(ids[1:])
         b.claim_due(T0 + 10, pushed.append)
@@ -116,8 +128,9 @@ def test_schedulers_racing_on_one_due_time_fire_each_once(pg_url: str) -> None:
     stores = _stores(pg_url, 3, now)
     try:
         for k in range(60):
-            stores[0].add_scheduler_task(name=f"s{k}", task_type="t", schedule_type="interval",
-                                         interval_seconds=10)
+            stores[0].add_scheduler_task(
+                name=f"s{k}", task_type="t", schedule_type="interval", interval_seconds=10
+            )
         pushed: list[dict[str, Any]] = []
         lock = threading.Lock()
         barrier = threading.Barrier(len(stores))

@@ -35,15 +35,24 @@ def store(db_url: str) -> Iterator[ScheduleStore]:
 
 def add_many(store: ScheduleStore, n: int, every: float = 10, **kw: Any) -> list[str]:
     """``n`` schedules first due at T0 + 10 (the stores' clock reads T0 + 10)."""
-    return [store.add_scheduler_task(name=f"s{k}", task_type="t", schedule_type="interval",
-                                     interval_seconds=every, start_at=T0 + 10, **kw)
-            for k in range(n)]
+    return [
+        store.add_scheduler_task(
+            name=f"s{k}",
+            task_type="t",
+            schedule_type="interval",
+            interval_seconds=every,
+            start_at=T0 + 10,
+            **kw,
+        )
+        for k in range(n)
+    ]
 
 
 def statuses(store: ScheduleStore) -> dict[str, int]:
     with store._engine.connect() as conn:
-        rows = conn.execute(sa.select(schedule_fire.c.status, sa.func.count())
-                            .group_by(schedule_fire.c.status)).all()
+        rows = conn.execute(
+            sa.select(schedule_fire.c.status, sa.func.count()).group_by(schedule_fire.c.status)
+        ).all()
     return {status: n for status, n in rows}
 
 
@@ -79,15 +88,19 @@ def test_per_message_push_failures_are_kept_apart(store: ScheduleStore) -> None:
     outcomes = store.claim_due(T0 + 10, lambda t: None, fire_many=fire_many)
     by = {o.schedule_id: o for o in outcomes}
     assert (by[ids[0]].status, by[ids[1]].status, by[ids[2]].status) == (
-        "failed", "dropped", "pushed")
+        "failed",
+        "dropped",
+        "pushed",
+    )
     assert statuses(store) == {"failed": 1, "dropped": 1, "pushed": 1}
     retried: list[dict[str, Any]] = []
     store.retry_unpushed(retried.append, min_age_s=0)  # only the retryable one comes back
     assert [t["schedule_id"] for t in retried] == [ids[0]]
 
 
-def test_a_row_taken_by_another_scheduler_mid_batch(db_url: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_row_taken_by_another_scheduler_mid_batch(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Plain engines (no SQLite write lock up front): B claims one schedule of A's batch while
     A decides; A's batch rolls back and is claimed one by one. Each due time fires once."""
     from supervisor.scheduling import claim
@@ -130,8 +143,14 @@ def test_tick_limit_leaves_the_rest_due(store: ScheduleStore) -> None:
 
 def test_overlap_is_asked_only_for_skip_schedules(store: ScheduleStore) -> None:
     skip = add_many(store, 2)
-    queue = store.add_scheduler_task(name="q", task_type="t", schedule_type="interval",
-                                     interval_seconds=10, start_at=T0 + 10, overlap="queue")
+    queue = store.add_scheduler_task(
+        name="q",
+        task_type="t",
+        schedule_type="interval",
+        interval_seconds=10,
+        start_at=T0 + 10,
+        overlap="queue",
+    )
     asked: list[str] = []
 
     def active(sid: str) -> int:
@@ -150,8 +169,11 @@ def test_old_settled_fire_records_are_pruned(store: ScheduleStore) -> None:
     ids = add_many(store, 3)
     store.claim_due(T0 + 10, lambda t: None)  # three 'pushed' records claimed at T0 + 10
     with store._engine.begin() as conn:  # one left 'claimed' by a crash
-        conn.execute(sa.update(schedule_fire).where(schedule_fire.c.schedule_id == ids[0])
-                     .values(status="claimed"))
+        conn.execute(
+            sa.update(schedule_fire)
+            .where(schedule_fire.c.schedule_id == ids[0])
+            .values(status="claimed")
+        )
     assert store.prune_fires(T0 + 10) == 0  # not older than the cut
     assert store.prune_fires(T0 + 11, batch=1) == 1
     assert store.prune_fires(T0 + 11) == 1

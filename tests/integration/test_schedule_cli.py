@@ -38,11 +38,34 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
 
 
 def test_add_list_show_pause_resume_delete(cli: Cli) -> None:
-    sid = cli.ok("add", "sync", "--type", "sync", "--every", "5m", "--params", '{"a": 1}',
-                 "--priority", "8", "--max-runs", "3").strip()
-    cron = cli.json("add", "nightly", "--type", "report", "--cron", "30 2 * * *",
-                    "--timezone", "Europe/Berlin", "--misfire-policy", "skip",
-                    "--misfire-grace", "600")
+    sid = cli.ok(
+        "add",
+        "sync",
+        "--type",
+        "sync",
+        "--every",
+        "5m",
+        "--params",
+        '{"a": 1}',
+        "--priority",
+        "8",
+        "--max-runs",
+        "3",
+    ).strip()
+    cron = cli.json(
+        "add",
+        "nightly",
+        "--type",
+        "report",
+        "--cron",
+        "30 2 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--misfire-policy",
+        "skip",
+        "--misfire-grace",
+        "600",
+    )
     assert cron["misfire_policy"] == "skip" and cron["misfire_grace_s"] == 600
     table = cli.ok("list").splitlines()
     assert table[0].split() == ["ID", "NAME", "TYPE", "SCHEDULE", "NEXT", "RUN", "RUNS", "STATE"]
@@ -50,7 +73,9 @@ def test_add_list_show_pause_resume_delete(cli: Cli) -> None:
     assert "cron '30 2 * * *' Europe/Berlin" in table[2]
     listed = cli.json("list")
     assert [(t["name"], t["params"], t["priority"]) for t in listed] == [
-        ("sync", {"a": 1}, 8), ("nightly", {}, 5)]
+        ("sync", {"a": 1}, 8),
+        ("nightly", {}, 5),
+    ]
     assert "paused" in cli.ok("pause", "sync")  # by unique name
     assert [t["name"] for t in cli.json("list", "--enabled")] == ["nightly"]
     shown = cli.ok("show", sid[:8])  # by id prefix
@@ -68,18 +93,37 @@ def test_once_at_a_relative_time_and_paused_adds(cli: Cli) -> None:
     assert paused["enabled"] is False and paused["disabled_reason"] == "paused"
 
 
-@pytest.mark.parametrize(("tz", "start", "expected"), [
-    # Spring forward: 02:30 does not exist on the last Sunday of March; it fires at 03:00 CEST.
-    ("Europe/Berlin", "2030-03-29T00:00", [
-        "2030-03-29 02:30:00 CET (+0100)", "2030-03-30 02:30:00 CET (+0100)",
-        "2030-03-31 03:00:00 CEST (+0200)", "2030-04-01 02:30:00 CEST (+0200)"]),
-    # Fall back: 01:30 happens twice on the first Sunday of November; it fires once, at the first.
-    ("America/New_York", "2030-11-02T00:00", [
-        "2030-11-02 01:30:00 EDT (-0400)", "2030-11-03 01:30:00 EDT (-0400)",
-        "2030-11-04 01:30:00 EST (-0500)", "2030-11-05 01:30:00 EST (-0500)"]),
-])
-def test_next_previews_fire_times_across_dst(cli: Cli, tz: str, start: str,
-                                             expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("tz", "start", "expected"),
+    [
+        # Spring forward: 02:30 does not exist on the last Sunday of March; it fires at 03:00 CEST.
+        (
+            "Europe/Berlin",
+            "2030-03-29T00:00",
+            [
+                "2030-03-29 02:30:00 CET (+0100)",
+                "2030-03-30 02:30:00 CET (+0100)",
+                "2030-03-31 03:00:00 CEST (+0200)",
+                "2030-04-01 02:30:00 CEST (+0200)",
+            ],
+        ),
+        # Fall back: 01:30 happens twice on the first Sunday of November; it fires once, at
+        # the first.
+        (
+            "America/New_York",
+            "2030-11-02T00:00",
+            [
+                "2030-11-02 01:30:00 EDT (-0400)",
+                "2030-11-03 01:30:00 EDT (-0400)",
+                "2030-11-04 01:30:00 EST (-0500)",
+                "2030-11-05 01:30:00 EST (-0500)",
+            ],
+        ),
+    ],
+)
+def test_next_previews_fire_times_across_dst(
+    cli: Cli, tz: str, start: str, expected: list[str]
+) -> None:
     at = "30 2 * * *" if tz == "Europe/Berlin" else "30 1 * * *"
     cli.ok("add", "daily", "--type", "t", "--cron", at, "--timezone", tz, "--start", start)
     lines = cli.ok("next", "daily", "-n", "4").splitlines()
@@ -89,18 +133,22 @@ def test_next_previews_fire_times_across_dst(cli: Cli, tz: str, start: str,
     assert preview[2]["at"] - preview[1]["at"] != 86400  # the day with the transition
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["add", "x", "--type", "t", "--cron", "61 * * * *"], ["cron_expression", "'61 * * * *'"]),
-    (["add", "x", "--type", "t", "--every", "-5"], ["interval_seconds", "positive"]),
-    (["add", "x", "--type", "t", "--every", "soon"], ["--every", "'soon'"]),
-    (["add", "x", "--type", "t", "--every", "5", "--timezone", "Mars/X"], ["timezone"]),
-    (["add", "x", "--type", "t", "--at", "2001-01-01T00:00"], ["execute_at", "in the past"]),
-    (["add", "x", "--type", "t", "--at", "whenever"], ["--at", "'whenever'", "+DURATION"]),
-    (["add", "x", "--type", "t", "--every", "5", "--params", "[1]"], ["--params", "list"]),
-    (["add", "x", "--type", "t", "--every", "5", "--priority", "11"], ["priority", "0 to 10"]),
-])
-def test_bad_input_is_one_line_naming_the_field_exit_2(cli: Cli, args: list[str],
-                                                       words: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["add", "x", "--type", "t", "--cron", "61 * * * *"], ["cron_expression", "'61 * * * *'"]),
+        (["add", "x", "--type", "t", "--every", "-5"], ["interval_seconds", "positive"]),
+        (["add", "x", "--type", "t", "--every", "soon"], ["--every", "'soon'"]),
+        (["add", "x", "--type", "t", "--every", "5", "--timezone", "Mars/X"], ["timezone"]),
+        (["add", "x", "--type", "t", "--at", "2001-01-01T00:00"], ["execute_at", "in the past"]),
+        (["add", "x", "--type", "t", "--at", "whenever"], ["--at", "'whenever'", "+DURATION"]),
+        (["add", "x", "--type", "t", "--every", "5", "--params", "[1]"], ["--params", "list"]),
+        (["add", "x", "--type", "t", "--every", "5", "--priority", "11"], ["priority", "0 to 10"]),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field_exit_2(
+    cli: Cli, args: list[str], words: list[str]
+) -> None:
     code, out, err = cli(*args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("supervisor: ")
@@ -118,8 +166,9 @@ def test_unknown_and_ambiguous_schedules(cli: Cli) -> None:
     assert code == 2 and "matches 2 schedules" in err
 
 
-def test_an_unusable_database_is_one_line_exit_1(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unusable_database_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
     code = main(["schedules", "list", "--database", url])
     err = capsys.readouterr().err

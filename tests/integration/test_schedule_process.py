@@ -36,8 +36,10 @@ class Harness:
         self.sock_dir = tempfile.mkdtemp(prefix="sched-")  # short: a socket path has a limit
         self.authkey = secrets.token_bytes(16)
         self.broker_pid, self.address = start_broker_process(
-            address=os.path.join(self.sock_dir, "b.sock"), authkey=self.authkey,
-            make_broker=lambda: MemoryBroker(task_types=None))
+            address=os.path.join(self.sock_dir, "b.sock"),
+            authkey=self.authkey,
+            make_broker=lambda: MemoryBroker(task_types=None),
+        )
         self.url = url
         self.api = Scheduler.from_url(self.url)
         self.queue = Queue(BrokerClient(self.address, self.authkey, timeout_s=10))
@@ -45,8 +47,12 @@ class Harness:
         self.done: list[dict[str, Any]] = []
 
     def start(self, **kw: Any) -> int:
-        proc = SchedulerProcess(database_url=kw.pop("database_url", self.url),
-                                address=self.address, authkey=self.authkey, **kw)
+        proc = SchedulerProcess(
+            database_url=kw.pop("database_url", self.url),
+            address=self.address,
+            authkey=self.authkey,
+            **kw,
+        )
         pid = proc.start()
         self.pids.append(pid)
         return pid
@@ -59,8 +65,9 @@ class Harness:
         return self.done
 
     def wait_done(self, n: int, timeout_s: float = 20) -> list[dict[str, Any]]:
-        return wait_until(lambda: len(self.consume()) >= n and self.done, timeout_s,
-                          what=f"{n} scheduled tasks")
+        return wait_until(
+            lambda: len(self.consume()) >= n and self.done, timeout_s, what=f"{n} scheduled tasks"
+        )
 
     def stop(self, pid: int, sig: int = signal.SIGTERM, timeout_s: float = 10) -> int:
         os.kill(pid, sig)
@@ -98,11 +105,19 @@ sqlite_only = pytest.mark.parametrize("h", ["sqlite"], indirect=True)
 
 def test_a_due_schedule_is_pushed_within_50_ms_and_sigterm_stops_it(h: Harness) -> None:
     pid = h.start(task_types=["report"])
-    wait_until(lambda: h.api.store.registered_task_types() == ["report"], 10,
-               what="the scheduler to prepare the database")
+    wait_until(
+        lambda: h.api.store.registered_task_types() == ["report"],
+        10,
+        what="the scheduler to prepare the database",
+    )
     for k in range(3):  # due sooner than its one-second look: the API's poke wakes it
-        h.api.add_scheduler_task(name=f"once-{k}", task_type="report", schedule_type="once",
-                                 execute_at=time.time() + 0.15 + 0.1 * k, params={"k": k})
+        h.api.add_scheduler_task(
+            name=f"once-{k}",
+            task_type="report",
+            schedule_type="once",
+            execute_at=time.time() + 0.15 + 0.1 * k,
+            params={"k": k},
+        )
     done = h.wait_done(3)
     lags = [t["pushed_at"] - t["scheduled_at"] for t in done]
     assert all(0 <= lag < 0.05 for lag in lags), lags
@@ -114,9 +129,15 @@ def test_a_due_schedule_is_pushed_within_50_ms_and_sigterm_stops_it(h: Harness) 
 
 @sqlite_only
 def test_kill_9_between_fires_loses_and_doubles_nothing(h: Harness) -> None:
-    sid = h.api.add_scheduler_task(name="tick", task_type="t", schedule_type="interval",
-                                   interval_seconds=0.3, misfire_policy="all",
-                                   misfire_grace_s=60, overlap="queue")
+    sid = h.api.add_scheduler_task(
+        name="tick",
+        task_type="t",
+        schedule_type="interval",
+        interval_seconds=0.3,
+        misfire_policy="all",
+        misfire_grace_s=60,
+        overlap="queue",
+    )
     pid = h.start()
     h.wait_done(2)
     h.stop(pid, signal.SIGKILL)
@@ -138,8 +159,13 @@ def test_kill_9_between_fires_loses_and_doubles_nothing(h: Harness) -> None:
 
 def test_two_scheduler_processes_on_one_file_never_double_fire(h: Harness) -> None:
     for k in range(10):
-        h.api.add_scheduler_task(name=f"s{k}", task_type="t", schedule_type="interval",
-                                 interval_seconds=0.25, overlap="queue")
+        h.api.add_scheduler_task(
+            name=f"s{k}",
+            task_type="t",
+            schedule_type="interval",
+            interval_seconds=0.25,
+            overlap="queue",
+        )
     pids = [h.start(), h.start()]
     h.wait_done(60, timeout_s=30)
     for pid in pids:

@@ -70,9 +70,12 @@ def make(url: str, clock: Clock, broker: MemoryBroker) -> Iterator[Any]:
     def make_service(**kw: Any) -> SchedulerService:
         engine = make_engine(kw.pop("database", url))
         engines.append(engine)
-        return SchedulerService(store=ScheduleStore(engine, clock=clock,
-                                                    known_task_types=kw.get("task_types")),
-                                caller=kw.pop("caller", LocalCaller(broker)), clock=clock, **kw)
+        return SchedulerService(
+            store=ScheduleStore(engine, clock=clock, known_task_types=kw.get("task_types")),
+            caller=kw.pop("caller", LocalCaller(broker)),
+            clock=clock,
+            **kw,
+        )
 
     yield make_service
     for engine in engines:
@@ -104,13 +107,20 @@ def drain(broker: MemoryBroker) -> list[dict[str, Any]]:
     return out
 
 
-def test_the_seed_example_runs_five_times_then_stops(make: Any, api: Scheduler,
-                                                    clock: Clock, broker: MemoryBroker) -> None:
+def test_the_seed_example_runs_five_times_then_stops(
+    make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker
+) -> None:
     service = make(task_types=["test_task"])
     service.step(clock.now)  # prepares the database
     task_id = api.add_scheduler_task(
-        name="测试任务", task_type="test_task", schedule_type="interval", interval_seconds=10,
-        params={"message": "Hello from scheduler!"}, max_runs=5, description="每10秒执行一次,共5次")
+        name="测试任务",
+        task_type="test_task",
+        schedule_type="interval",
+        interval_seconds=10,
+        params={"message": "Hello from scheduler!"},
+        max_runs=5,
+        description="每10秒执行一次,共5次",
+    )
     done: list[dict[str, Any]] = []
     while clock.now < T0 + 70:
         wake = service.step(clock.now)
@@ -126,11 +136,11 @@ def test_the_seed_example_runs_five_times_then_stops(make: Any, api: Scheduler,
 
 
 def test_it_wakes_at_the_due_time_and_sees_changes_within_a_second(
-        make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker) -> None:
+    make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker
+) -> None:
     service = make()
     assert service.step(clock.now) == T0 + 1.0  # nothing scheduled: look again in a second
-    api.add_scheduler_task(name="once", task_type="t", schedule_type="once",
-                           execute_at=T0 + 1.25)
+    api.add_scheduler_task(name="once", task_type="t", schedule_type="once", execute_at=T0 + 1.25)
     clock.now = T0 + 1.0
     assert service.step(clock.now) == T0 + 1.25
     clock.now = T0 + 1.25
@@ -140,10 +150,12 @@ def test_it_wakes_at_the_due_time_and_sees_changes_within_a_second(
 
 
 def test_max_instances_skips_while_the_previous_run_is_live(
-        make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker) -> None:
+    make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker
+) -> None:
     service = make()
-    sid = api.add_scheduler_task(name="slow", task_type="t", schedule_type="interval",
-                                 interval_seconds=10)
+    sid = api.add_scheduler_task(
+        name="slow", task_type="t", schedule_type="interval", interval_seconds=10
+    )
     run_until(service, clock, T0 + 25)  # fires at +10; +20 is skipped: +10 is still queued
     q = Queue(LocalCaller(broker))
     first = q.pop_task(timeout=0)
@@ -159,17 +171,21 @@ def test_max_instances_skips_while_the_previous_run_is_live(
 
 
 def test_prepare_upserts_the_config_and_records_task_types(
-        make: Any, api: Scheduler, clock: Clock) -> None:
-    declared = [make_spec(name="sync", task_type="sync", schedule_type="interval",
-                          interval_seconds=60)]
+    make: Any, api: Scheduler, clock: Clock
+) -> None:
+    declared = [
+        make_spec(name="sync", task_type="sync", schedule_type="interval", interval_seconds=60)
+    ]
     make(task_types=["sync", "report"], config_schedules=declared).step(clock.now)
     assert [t["name"] for t in api.list_tasks()] == ["sync"]
     assert api.store.registered_task_types() == ["report", "sync"]
     with pytest.raises(ScheduleError, match="'nope' is not registered; known: report, sync"):
-        api.add_scheduler_task(name="x", task_type="nope", schedule_type="interval",
-                               interval_seconds=5)
-    late = make_spec(name="launch", task_type="report", schedule_type="once",
-                     execute_at=T0 - 5)  # new, and already in the past
+        api.add_scheduler_task(
+            name="x", task_type="nope", schedule_type="interval", interval_seconds=5
+        )
+    late = make_spec(
+        name="launch", task_type="report", schedule_type="once", execute_at=T0 - 5
+    )  # new, and already in the past
     service = make(task_types=["sync", "report"], config_schedules=[late])
     service.step(clock.now)
     assert service.ready and service.config_error is not None
@@ -177,14 +193,16 @@ def test_prepare_upserts_the_config_and_records_task_types(
     assert [(t["name"], t["enabled"]) for t in api.list_tasks()] == [("sync", True)]
 
 
-def test_get_scheduler_is_one_per_database_and_process(url: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_get_scheduler_is_one_per_database_and_process(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SUPERVISOR_DATABASE", url)
     first = get_scheduler()
     try:
         assert get_scheduler(url) is first
-        sid = first.add_scheduler_task("测试任务", "test_task", "interval", 10,
-                                       params={"message": "Hello"}, max_runs=5)
+        sid = first.add_scheduler_task(
+            "测试任务", "test_task", "interval", 10, params={"message": "Hello"}, max_runs=5
+        )
         assert first.list_tasks(enabled_only=True)[0]["task_id"] == sid
         assert first.pause_task(sid) and first.list_tasks(enabled_only=True) == []
         assert first.resume_task(sid) and first.update_task(sid, priority=9)
@@ -195,32 +213,46 @@ def test_get_scheduler_is_one_per_database_and_process(url: str,
         first.close()
 
 
-def test_an_unreachable_database_backs_off_and_publishes(make: Any, clock: Clock,
-                                                        broker: MemoryBroker,
-                                                        tmp_path: Path) -> None:
+def test_an_unreachable_database_backs_off_and_publishes(
+    make: Any, clock: Clock, broker: MemoryBroker, tmp_path: Path
+) -> None:
     caller = Recording(broker)
-    service = make(database=f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}",
-                   caller=caller, options=SchedulerOptions(backoff_base_s=0.5))
+    service = make(
+        database=f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}",
+        caller=caller,
+        options=SchedulerOptions(backoff_base_s=0.5),
+    )
     assert service.step(T0) == T0 + 0.5
     assert service.step(T0 + 0.5) == T0 + 1.5
     assert not service.ready and service.state == "backoff"
     assert caller.published[-1]["state"] == "backoff" and caller.published[-1]["db_failures"]
 
 
-def test_unpushed_fires_are_settled_at_start(make: Any, api: Scheduler, clock: Clock,
-                                             broker: MemoryBroker) -> None:
-    a = api.add_scheduler_task(name="a", task_type="t", schedule_type="interval",
-                               interval_seconds=10)
-    b = api.add_scheduler_task(name="b", task_type="t", schedule_type="interval",
-                               interval_seconds=10)
+def test_unpushed_fires_are_settled_at_start(
+    make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker
+) -> None:
+    a = api.add_scheduler_task(
+        name="a", task_type="t", schedule_type="interval", interval_seconds=10
+    )
+    b = api.add_scheduler_task(
+        name="b", task_type="t", schedule_type="interval", interval_seconds=10
+    )
     due = T0 + 10
     with api.engine.begin() as conn:  # a predecessor died between its claim and its push
         for sid in (a, b):
-            conn.execute(schedule_fire.insert().values(
-                schedule_id=sid, due_at=due, task_id=fire_task_id(sid, due),
-                claimed_at=due, status="claimed"))
-    LocalCaller(broker).call("push", {"type": "t", "params": b"\x80\x04N.", "priority": 5,
-                                      "task_id": fire_task_id(b, due)})  # b did get pushed
+            conn.execute(
+                schedule_fire.insert().values(
+                    schedule_id=sid,
+                    due_at=due,
+                    task_id=fire_task_id(sid, due),
+                    claimed_at=due,
+                    status="claimed",
+                )
+            )
+    LocalCaller(broker).call(
+        "push",
+        {"type": "t", "params": b"\x80\x04N.", "priority": 5, "task_id": fire_task_id(b, due)},
+    )  # b did get pushed
     clock.now = T0 + 10.5
     service = make()
     service.step(clock.now)
@@ -230,13 +262,21 @@ def test_unpushed_fires_are_settled_at_start(make: Any, api: Scheduler, clock: C
 
 
 def test_status_counts_fires_lag_and_misfires_by_policy(
-        make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker) -> None:
+    make: Any, api: Scheduler, clock: Clock, broker: MemoryBroker
+) -> None:
     caller = Recording(broker)
     service = make(caller=caller)
-    api.add_scheduler_task(name="a", task_type="t", schedule_type="interval",
-                           interval_seconds=10, overlap="queue")
-    api.add_scheduler_task(name="b", task_type="t", schedule_type="interval",
-                           interval_seconds=10, misfire_policy="skip", misfire_grace_s=5)
+    api.add_scheduler_task(
+        name="a", task_type="t", schedule_type="interval", interval_seconds=10, overlap="queue"
+    )
+    api.add_scheduler_task(
+        name="b",
+        task_type="t",
+        schedule_type="interval",
+        interval_seconds=10,
+        misfire_policy="skip",
+        misfire_grace_s=5,
+    )
     run_until(service, clock, T0 + 11)
     clock.now = T0 + 47  # down through +20, +30, +40
     service.step(clock.now)

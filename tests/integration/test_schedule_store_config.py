@@ -39,11 +39,17 @@ def store(engine: Engine, now: list[float]) -> ScheduleStore:
 
 def declared() -> list[Any]:
     return [
-        make_spec(name="nightly", task_type="report", schedule_type="cron",
-                  cron_expression="0 2 * * *", timezone="Europe/Berlin"),
+        make_spec(
+            name="nightly",
+            task_type="report",
+            schedule_type="cron",
+            cron_expression="0 2 * * *",
+            timezone="Europe/Berlin",
+        ),
         make_spec(name="sync", task_type="sync", schedule_type="interval", interval_seconds=60),
-        make_spec(name="gone-soon", task_type="sync", schedule_type="interval",
-                  interval_seconds=300),
+        make_spec(
+            name="gone-soon", task_type="sync", schedule_type="interval", interval_seconds=300
+        ),
     ]
 
 
@@ -51,10 +57,10 @@ def by_name(store: ScheduleStore) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in store.list_tasks()}
 
 
-def test_upsert_creates_keeps_updates_and_disables(store: ScheduleStore,
-                                                   now: list[float]) -> None:
-    api_id = store.add_scheduler_task(name="by-hand", task_type="report",
-                                      schedule_type="interval", interval_seconds=30)
+def test_upsert_creates_keeps_updates_and_disables(store: ScheduleStore, now: list[float]) -> None:
+    api_id = store.add_scheduler_task(
+        name="by-hand", task_type="report", schedule_type="interval", interval_seconds=30
+    )
     first = store.upsert_from_config(declared())
     assert sorted(first.created) == ["gone-soon", "nightly", "sync"]
     now[0] += 60
@@ -88,8 +94,10 @@ def test_unchanged_schedule_keeps_its_pause(store: ScheduleStore) -> None:
 
 
 def test_a_bad_declaration_writes_nothing(store: ScheduleStore) -> None:
-    bad = [*declared(), make_spec(name="oops", task_type="nope", schedule_type="interval",
-                                  interval_seconds=5)]
+    bad = [
+        *declared(),
+        make_spec(name="oops", task_type="nope", schedule_type="interval", interval_seconds=5),
+    ]
     with pytest.raises(ScheduleError, match="'nope' is not registered"):
         store.upsert_from_config(bad)
     assert store.list_tasks() == []
@@ -99,8 +107,7 @@ def test_a_bad_declaration_writes_nothing(store: ScheduleStore) -> None:
 
 
 def test_a_past_once_schedule_reloads_unchanged(store: ScheduleStore, now: list[float]) -> None:
-    spec = make_spec(name="launch", task_type="report", schedule_type="once",
-                     execute_at=T0 + 10)
+    spec = make_spec(name="launch", task_type="report", schedule_type="once", execute_at=T0 + 10)
     store.upsert_from_config([spec])
     now[0] += 3600  # restart long after it fired: the same file must still load
     store.claim_due(now[0], lambda task: None)

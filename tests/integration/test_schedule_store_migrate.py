@@ -73,13 +73,18 @@ def test_a_seed_era_database_is_upgraded_and_keeps_working(engine: Engine) -> No
             "INSERT INTO scheduler_task (task_id, name, task_type, params, schedule_type, "
             "interval_seconds, next_run_at, run_count, max_runs, enabled, created_at, "
             "updated_at, description) VALUES ('old-1', '旧任务', 'test_task', "
-            f"'{{\"message\": \"Hello\"}}', 'interval', 10, {T0 + 10}, 2, 0, TRUE, {T0}, {T0}, '')")
+            f"'{{\"message\": \"Hello\"}}', 'interval', 10, {T0 + 10}, 2, 0, TRUE, {T0}, {T0}, '')"
+        )
     migrate(engine)
     now = [float(T0 + 10)]
     store = ScheduleStore(engine, clock=lambda: now[0])
     [task] = store.list_tasks()
     assert (task["name"], task["run_count"], task["priority"], task["timezone"]) == (
-        "旧任务", 2, 5, "UTC")
+        "旧任务",
+        2,
+        5,
+        "UTC",
+    )
     pushed: list[dict[str, Any]] = []
     store.claim_due(now[0], pushed.append)
     store.claim_due(now[0] + 10, pushed.append)

@@ -63,30 +63,48 @@ def store(engines: list[Engine], db_url: str, clock: Clock) -> ScheduleStore:
 
 
 def every(store: ScheduleStore, seconds: float = 10, name: str = "job", **kw: Any) -> str:
-    return store.add_scheduler_task(name=name, task_type="test_task", schedule_type="interval",
-                                    interval_seconds=seconds, **kw)
+    return store.add_scheduler_task(
+        name=name, task_type="test_task", schedule_type="interval", interval_seconds=seconds, **kw
+    )
 
 
 def fire_rows(store_engine: Engine) -> list[tuple[str, float, str]]:
     with store_engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.select(
-            schedule_fire.c.schedule_id, schedule_fire.c.due_at, schedule_fire.c.status))]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.select(
+                    schedule_fire.c.schedule_id, schedule_fire.c.due_at, schedule_fire.c.status
+                )
+            )
+        ]
 
 
 # -- the user's seed example -------------------------------------------------------------------
-def test_seed_example_fires_exactly_five_times_then_disables(store: ScheduleStore,
-                                                              clock: Clock) -> None:
+def test_seed_example_fires_exactly_five_times_then_disables(
+    store: ScheduleStore, clock: Clock
+) -> None:
     task_id = store.add_scheduler_task(
-        name="测试任务", task_type="test_task", schedule_type="interval",
-        interval_seconds=10, params={"message": "Hello"}, max_runs=5,
-        description="每10秒执行一次,共5次")
+        name="测试任务",
+        task_type="test_task",
+        schedule_type="interval",
+        interval_seconds=10,
+        params={"message": "Hello"},
+        max_runs=5,
+        description="每10秒执行一次,共5次",
+    )
     pushed: list[dict[str, Any]] = []
     for _ in range(12):
         clock.now += 5
         store.claim_due(clock.now, pushed.append)
     assert [t["scheduled_at"] for t in pushed] == [T0 + 10 * k for k in range(1, 6)]
-    assert all(t["type"] == "test_task" and t["params"] == {"message": "Hello"}
-               and t["schedule_id"] == task_id and t["priority"] == 5 for t in pushed)
+    assert all(
+        t["type"] == "test_task"
+        and t["params"] == {"message": "Hello"}
+        and t["schedule_id"] == task_id
+        and t["priority"] == 5
+        for t in pushed
+    )
     assert len({t["task_id"] for t in pushed}) == 5
     task = store.get_task(task_id)
     assert task is not None
@@ -101,9 +119,24 @@ def test_add_get_list_have_the_seed_keys(store: ScheduleStore) -> None:
     task_id = every(store, params={"x": 1}, description="d")
     task = store.get_task(task_id)
     assert task is not None
-    for key in ("task_id", "name", "task_type", "params", "schedule_type", "interval_seconds",
-                "cron_expression", "execute_at", "last_run_at", "next_run_at", "run_count",
-                "max_runs", "enabled", "created_at", "updated_at", "description"):
+    for key in (
+        "task_id",
+        "name",
+        "task_type",
+        "params",
+        "schedule_type",
+        "interval_seconds",
+        "cron_expression",
+        "execute_at",
+        "last_run_at",
+        "next_run_at",
+        "run_count",
+        "max_runs",
+        "enabled",
+        "created_at",
+        "updated_at",
+        "description",
+    ):
         assert key in task
     assert task["params"] == {"x": 1} and task["run_count"] == 0
     assert task["next_run_at"] == T0 + 10
@@ -113,11 +146,13 @@ def test_add_get_list_have_the_seed_keys(store: ScheduleStore) -> None:
 
 def test_add_refuses_bad_input_and_stores_nothing(store: ScheduleStore) -> None:
     with pytest.raises(ScheduleError, match="known: report, test_task"):
-        store.add_scheduler_task(name="x", task_type="nope", schedule_type="interval",
-                                 interval_seconds=5)
+        store.add_scheduler_task(
+            name="x", task_type="nope", schedule_type="interval", interval_seconds=5
+        )
     with pytest.raises(ScheduleError, match="cron_expression"):
-        store.add_scheduler_task(name="x", task_type="report", schedule_type="cron",
-                                 cron_expression="every day")
+        store.add_scheduler_task(
+            name="x", task_type="report", schedule_type="cron", cron_expression="every day"
+        )
     assert store.list_tasks() == []
 
 
@@ -160,8 +195,9 @@ def test_update_task(store: ScheduleStore, clock: Clock) -> None:
 
 
 def test_once_fires_then_is_disabled_not_deleted(store: ScheduleStore, clock: Clock) -> None:
-    task_id = store.add_scheduler_task(name="later", task_type="report", schedule_type="once",
-                                       execute_at=T0 + 5)
+    task_id = store.add_scheduler_task(
+        name="later", task_type="report", schedule_type="once", execute_at=T0 + 5
+    )
     pushed: list[dict[str, Any]] = []
     clock.now += 5
     store.claim_due(clock.now, pushed.append)
@@ -191,8 +227,9 @@ def test_claiming_twice_fires_once(store: ScheduleStore, clock: Clock) -> None:
     assert len(pushed) == 1
 
 
-def test_two_stores_on_one_file_never_double_fire(engines: list[Engine], db_url: str,
-                                                  clock: Clock) -> None:
+def test_two_stores_on_one_file_never_double_fire(
+    engines: list[Engine], db_url: str, clock: Clock
+) -> None:
     a = open_store(engines, db_url, clock)
     b = open_store(engines, db_url, clock)
     for k in range(5):
@@ -207,8 +244,9 @@ def test_two_stores_on_one_file_never_double_fire(engines: list[Engine], db_url:
     assert sum(t["run_count"] for t in a.list_tasks()) == len(keys)
 
 
-def test_two_stores_racing_in_threads_never_double_fire(engines: list[Engine], db_url: str,
-                                                        clock: Clock) -> None:
+def test_two_stores_racing_in_threads_never_double_fire(
+    engines: list[Engine], db_url: str, clock: Clock
+) -> None:
     stores = [open_store(engines, db_url, clock) for _ in range(2)]
     for k in range(20):
         every(stores[0], 10, name=f"s{k}")
@@ -233,8 +271,9 @@ def test_two_stores_racing_in_threads_never_double_fire(engines: list[Engine], d
     assert len({t["task_id"] for t in pushed}) == 20
 
 
-def test_interleaved_claim_without_locks_loses_the_race(db_url: str, clock: Clock,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interleaved_claim_without_locks_loses_the_race(
+    db_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Plain engines (no BEGIN IMMEDIATE): on SQLite the unique fire row / compare-and-set
     decide; PostgreSQL's row lock makes B skip the row A holds."""
     from supervisor.scheduling import claim
@@ -267,12 +306,14 @@ def test_interleaved_claim_without_locks_loses_the_race(db_url: str, clock: Cloc
             engine.dispose()
 
 
-def test_a_due_time_already_recorded_is_not_fired_again(store: ScheduleStore,
-                                                        clock: Clock) -> None:
+def test_a_due_time_already_recorded_is_not_fired_again(store: ScheduleStore, clock: Clock) -> None:
     task_id = every(store)
     with store._engine.begin() as conn:  # as if fired before next_run_at was moved back
-        conn.execute(schedule_fire.insert().values(
-            schedule_id=task_id, due_at=T0 + 10, task_id="x", claimed_at=T0, status="pushed"))
+        conn.execute(
+            schedule_fire.insert().values(
+                schedule_id=task_id, due_at=T0 + 10, task_id="x", claimed_at=T0, status="pushed"
+            )
+        )
     pushed: list[dict[str, Any]] = []
     store.claim_due(T0 + 10, pushed.append)
     assert pushed == []
@@ -285,7 +326,8 @@ class Crash(BaseException):
 
 
 def test_crash_after_claim_never_refires_and_can_be_retried(
-        engines: list[Engine], db_url: str, clock: Clock) -> None:
+    engines: list[Engine], db_url: str, clock: Clock
+) -> None:
     first = open_store(engines, db_url, clock)
     task_id = every(first)
 
@@ -327,7 +369,8 @@ def test_failed_push_is_kept_and_others_still_fire(store: ScheduleStore, clock: 
 
 
 def test_restart_after_outage_applies_the_misfire_policy(
-        engines: list[Engine], db_url: str, clock: Clock) -> None:
+    engines: list[Engine], db_url: str, clock: Clock
+) -> None:
     first = open_store(engines, db_url, clock)
     coalesce = every(first, name="once")
     catch_up = every(first, name="all", misfire_policy="all", overlap="queue")
@@ -339,8 +382,10 @@ def test_restart_after_outage_applies_the_misfire_policy(
     second = open_store(engines, db_url, clock)
     second.claim_due(clock.now, pushed.append)
     second.claim_due(clock.now, pushed.append)
-    by = {sid: [t["scheduled_at"] - T0 for t in pushed if t["schedule_id"] == sid]
-          for sid in (coalesce, catch_up)}
+    by = {
+        sid: [t["scheduled_at"] - T0 for t in pushed if t["schedule_id"] == sid]
+        for sid in (coalesce, catch_up)
+    }
     assert by[coalesce] == [10, 20, 60]
     assert by[catch_up] == [10, 20, 30, 40, 50, 60]
     once_task = second.get_task(coalesce)
@@ -370,8 +415,11 @@ def test_corrupt_params_are_logged_and_skipped(store: ScheduleStore, clock: Cloc
     broken = every(store, name="broken")
     every(store, name="fine")
     with store._engine.begin() as conn:
-        conn.execute(sa.update(scheduler_task).where(scheduler_task.c.task_id == broken)
-                     .values(params="{not json"))
+        conn.execute(
+            sa.update(scheduler_task)
+            .where(scheduler_task.c.task_id == broken)
+            .values(params="{not json")
+        )
     errors: list[str] = []
     sink = logger.add(lambda m: errors.append(str(m)), level="ERROR")
     try:

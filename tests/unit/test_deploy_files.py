@@ -138,8 +138,9 @@ def test_kubernetes_grace_probes_service_and_scraping() -> None:
     assert svc["selector"].items() <= pod["metadata"]["labels"].items()
     assert any(p["targetPort"] in ("metrics", port["containerPort"]) for p in svc["ports"])
     monitor = objs["ServiceMonitor"]["spec"]
-    assert monitor["selector"]["matchLabels"].items() <= objs["Service"]["metadata"][
-        "labels"].items()
+    assert (
+        monitor["selector"]["matchLabels"].items() <= objs["Service"]["metadata"]["labels"].items()
+    )
     assert monitor["endpoints"][0]["port"] == "metrics"
 
 
@@ -151,16 +152,23 @@ def alert_rules() -> list[dict[str, Any]]:
 def test_alert_rules_cover_the_issue_and_carry_for_severity_description() -> None:
     rules = alert_rules()
     names = {r["alert"] for r in rules}
-    assert {"SupervisorNoWorkerAlive", "SupervisorCrashLoop", "SupervisorQueueBacklogGrowing",
-            "SupervisorOldestTaskTooOld", "SupervisorTaskFailureRatioHigh",
-            "SupervisorSchedulerStalled", "SupervisorSchedulerMisfiring",
-            "SupervisorWorkerMemoryNearLimit"} <= names
+    assert {
+        "SupervisorNoWorkerAlive",
+        "SupervisorCrashLoop",
+        "SupervisorQueueBacklogGrowing",
+        "SupervisorOldestTaskTooOld",
+        "SupervisorTaskFailureRatioHigh",
+        "SupervisorSchedulerStalled",
+        "SupervisorSchedulerMisfiring",
+        "SupervisorWorkerMemoryNearLimit",
+    } <= names
     for r in rules:
         assert seconds(r["for"]) > 0, r["alert"]
         assert r["labels"]["severity"] in ("critical", "warning", "info"), r["alert"]
         assert r["annotations"]["description"] and r["annotations"]["summary"], r["alert"]
-    tested = set(re.findall(r"alertname: (\w+)",
-                            (DEPLOY / "prometheus" / "alerts.test.yml").read_text()))
+    tested = set(
+        re.findall(r"alertname: (\w+)", (DEPLOY / "prometheus" / "alerts.test.yml").read_text())
+    )
     assert len(tested & names) >= 3
 
 
@@ -175,8 +183,18 @@ def test_dashboard_uses_its_datasource_variable_everywhere() -> None:
         assert p["datasource"]["uid"] == "${datasource}", p["title"]
         assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
     titles = " ".join(p["title"].lower() for p in panels)
-    for word in ("status", "duration", "queue depth", "oldest", "workers", "restarts",
-                 "retries", "scheduler", "memory", "cpu"):
+    for word in (
+        "status",
+        "duration",
+        "queue depth",
+        "oldest",
+        "workers",
+        "restarts",
+        "retries",
+        "scheduler",
+        "memory",
+        "cpu",
+    ):
         assert word in titles, word
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
@@ -189,13 +207,18 @@ def promtool() -> str:
     return path
 
 
-@pytest.mark.parametrize("args", [
-    ["check", "config", "prometheus.yml"],
-    ["check", "rules", "alerts.yml"],
-    ["test", "rules", "alerts.test.yml"],
-], ids=["check-config", "check-rules", "test-rules"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ],
+    ids=["check-config", "check-rules", "test-rules"],
+)
 def test_promtool_accepts_the_prometheus_files(args: list[str]) -> None:
-    res = subprocess.run([promtool(), *args], cwd=DEPLOY / "prometheus", capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [promtool(), *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout + res.stderr

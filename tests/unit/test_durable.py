@@ -27,7 +27,10 @@ def url(tmp_path: Path) -> str:
 def open_broker(url: str, clock, **kw) -> DurableBroker:
     opts = TaskOptions(timeout_s=10, max_retries=2, backoff_base_s=1, backoff_cap_s=1)
     return DurableBroker(
-        journal=open_journal(url, run_dir='/nonexistent', clock=clock), clock=clock, default_options=opts, **kw
+        journal=open_journal(url, run_dir="/nonexistent", clock=clock),
+        clock=clock,
+        default_options=opts,
+        **kw,
     )
 
 
@@ -163,10 +166,8 @@ def test_an_older_task_database_is_upgraded_in_place(url, clock):
 
 
 def test_a_newer_task_database_is_refused(url, clock):
-    from supervisor.broker.journal import SCHEMA_VERSION, task_schema
+    from supervisor.broker.journal import SCHEMA_VERSION, TaskTable, task_schema
     from supervisor.errors import SupervisorError
-
-    from supervisor.broker.journal import TaskTable
 
     table = TaskTable(make_engine(url), clock=clock)
     table.migrate()

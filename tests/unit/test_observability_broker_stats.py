@@ -34,8 +34,12 @@ def walked(b: MemoryBroker) -> dict[str, Any]:
             oldest[prio] = now - min(r.ready_at or now for r in live)
     counts = Counter(r.status for r in b._active.values())
     counts.update(r.status for r in b._finished.values())
-    return {"by_priority": by_priority, "oldest_age_s": oldest, "by_status": dict(counts),
-            "queued": sum(by_priority.values())}
+    return {
+        "by_priority": by_priority,
+        "oldest_age_s": oldest,
+        "by_status": dict(counts),
+        "queued": sum(by_priority.values()),
+    }
 
 
 def check(b: MemoryBroker) -> None:
@@ -49,8 +53,7 @@ def check(b: MemoryBroker) -> None:
 def test_kept_counts_match_a_full_walk_through_random_operations(clock) -> None:
     rng = random.Random(1234)
     opts = TaskOptions(max_retries=2, backoff_base_s=1.0, backoff_cap_s=3.0, timeout_s=5.0)
-    b = MemoryBroker(clock=clock, rng=random.Random(0), task_types={"t": opts},
-                     finished_records=25)
+    b = MemoryBroker(clock=clock, rng=random.Random(0), task_types={"t": opts}, finished_records=25)
     consumers = [f"worker:{i}" for i in range(4)] + ["ext:1"]
     for step in range(3000):
         op = rng.random()

@@ -59,8 +59,15 @@ def scrape(registry: Any) -> tuple[str, Samples]:
     return text, samples(text)
 
 
-def run(broker: MemoryBroker, clock, task_type: str, outcome: str, *, wait: float = 0.0,
-        took: float = 0.0) -> None:
+def run(
+    broker: MemoryBroker,
+    clock,
+    task_type: str,
+    outcome: str,
+    *,
+    wait: float = 0.0,
+    took: float = 0.0,
+) -> None:
     broker.push({"type": task_type, "params": b"p"})
     clock.advance(wait)
     task = broker.pop("worker:0:1")
@@ -128,9 +135,15 @@ def test_workers_master_and_restarts(setup) -> None:
     assert ("supervisor_worker_resident_memory_bytes", frozenset({("slot", "5")})) not in got
     assert value(got, "supervisor_master_heartbeat_age_seconds") < 5
     assert value(got, "supervisor_graceful_timeout_seconds") == 25
-    broker.publish_status({"state": "draining", "desired_workers": 4, "loop_lag_s": 0.25,
-                           "restarts": {"crash": 3, "recycle-tasks": 1, "parent-gone": 1},
-                           "max_memory_per_child_bytes": 512 << 20})
+    broker.publish_status(
+        {
+            "state": "draining",
+            "desired_workers": 4,
+            "loop_lag_s": 0.25,
+            "restarts": {"crash": 3, "recycle-tasks": 1, "parent-gone": 1},
+            "max_memory_per_child_bytes": 512 << 20,
+        }
+    )
     _, got = scrape(registry)
     assert value(got, "supervisor_workers_desired") == 4
     assert value(got, "supervisor_worker_restarts_total", reason="crash") == 3
@@ -152,9 +165,19 @@ def test_scheduler_families_exist_before_it_reports_then_follow_it(setup, clock)
     lag = LagHistogram()
     for seconds in (0.002, 0.02, 3.0):
         lag.observe(seconds)
-    doc = status_doc(pid=1, state="running", started_at=clock.now, now=clock.now, database="x",
-                     counters={"fired": 7, "misfired": 2, "coalesced": 1}, lag=lag,
-                     next_due_at=None, enabled=3, db_failures=1, last_tick_s=0.001)
+    doc = status_doc(
+        pid=1,
+        state="running",
+        started_at=clock.now,
+        now=clock.now,
+        database="x",
+        counters={"fired": 7, "misfired": 2, "coalesced": 1},
+        lag=lag,
+        next_due_at=None,
+        enabled=3,
+        db_failures=1,
+        last_tick_s=0.001,
+    )
     broker.publish_scheduler_status(doc)
     clock.advance(2)
     _, got = scrape(registry)
@@ -167,8 +190,9 @@ def test_scheduler_families_exist_before_it_reports_then_follow_it(setup, clock)
     assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", le="0.025") == 2
     assert value(got, "supervisor_scheduler_last_tick_age_seconds") == pytest.approx(2)
     assert value(got, "supervisor_scheduler_consecutive_failures") == 1
-    broker.publish_scheduler_status({"counters": {"fired": "x"}, "lag": {"buckets": [[1, 2]]},
-                                     "db_failures": None})  # malformed: zeros, no error
+    broker.publish_scheduler_status(
+        {"counters": {"fired": "x"}, "lag": {"buckets": [[1, 2]]}, "db_failures": None}
+    )  # malformed: zeros, no error
     _, got = scrape(registry)
     assert value(got, "supervisor_scheduler_fires_total") == 0
     assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", le="+Inf") == 0
@@ -183,8 +207,18 @@ def test_labels_are_bounded_and_build_info_is_there(setup, clock) -> None:
         run(broker, clock, "ok", base.SUCCEEDED)
     text, got = scrape(registry)
     assert "some-task-id" not in text
-    allowed = {"type", "status", "reason", "priority", "slot", "state", "action", "le",
-               "version", "python"}
+    allowed = {
+        "type",
+        "status",
+        "reason",
+        "priority",
+        "slot",
+        "state",
+        "action",
+        "le",
+        "version",
+        "python",
+    }
     assert {k for _, labels in got for k, _ in labels} <= allowed
     info = [labels for name, labels in got if name == "supervisor_build_info"]
     assert len(info) == 1 and dict(info[0])["version"]
@@ -198,8 +232,9 @@ def test_exposition_passes_promtool_check_metrics(setup, clock) -> None:
     run(broker, clock, "ok", base.SUCCEEDED)
     broker.publish_status({"state": "running", "restarts": {"crash": 1}})
     text, _ = scrape(registry)
-    res = subprocess.run([str(promtool), "check", "metrics"], input=text.encode(),
-                         capture_output=True, timeout=30)
+    res = subprocess.run(
+        [str(promtool), "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
     assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
 
 
@@ -207,7 +242,6 @@ def test_exposition_passes_promtool_check_metrics(setup, clock) -> None:
 def test_every_metric_family_is_documented(setup, doc: str) -> None:
     _, _, registry = setup
     text = (Path(__file__).resolve().parents[2] / doc).read_text()
-    names = {fam.name + ("_total" if fam.type == "counter" else "")
-             for fam in registry.collect()}
+    names = {fam.name + ("_total" if fam.type == "counter" else "") for fam in registry.collect()}
     missing = sorted(n for n in names if f"`{n}`" not in text)
     assert not missing, f"{doc} does not document: {missing}"

@@ -78,7 +78,7 @@ def ready_worker(board: sb.Scoreboard, slot: int = 0) -> None:
 def test_metrics_endpoint_serves_the_text_format(server: MetricsServer) -> None:
     code, ctype, doc = get(server, "/metrics")
     assert code == 200 and ctype == CONTENT_TYPE_LATEST
-    assert "supervisor_tasks_pushed_total{type=\"ok\"} 0.0" in doc["text"]
+    assert 'supervisor_tasks_pushed_total{type="ok"} 0.0' in doc["text"]
     assert get(server, "/nope")[0] == 404
     assert get(server, "/")[0] == 200
 
@@ -120,10 +120,12 @@ def test_bind_error_raises_a_clear_message(broker: MemoryBroker, board: sb.Score
             start_http_server(broker=broker, scoreboard=board, host="127.0.0.1", port=port)
 
 
-def test_on_serve_writes_the_bound_address(tmp_path: Path, broker: MemoryBroker,
-                                           board: sb.Scoreboard) -> None:
-    on_serve = make_on_serve(host="0.0.0.0", port=0, scoreboard=board, run_dir=str(tmp_path),
-                             graceful_timeout_s=25)
+def test_on_serve_writes_the_bound_address(
+    tmp_path: Path, broker: MemoryBroker, board: sb.Scoreboard
+) -> None:
+    on_serve = make_on_serve(
+        host="0.0.0.0", port=0, scoreboard=board, run_dir=str(tmp_path), graceful_timeout_s=25
+    )
     on_serve(broker)
     path = tmp_path / HTTP_ADDRESS_FILE
     host, port = path.read_text().strip().rsplit(":", 1)
@@ -132,8 +134,9 @@ def test_on_serve_writes_the_bound_address(tmp_path: Path, broker: MemoryBroker,
     assert health.check(run_dir=str(tmp_path)) == 0
 
 
-def test_health_check_by_run_dir_and_url(tmp_path: Path, server: MetricsServer,
-                                         broker: MemoryBroker, board: sb.Scoreboard) -> None:
+def test_health_check_by_run_dir_and_url(
+    tmp_path: Path, server: MetricsServer, broker: MemoryBroker, board: sb.Scoreboard
+) -> None:
     (tmp_path / HTTP_ADDRESS_FILE).write_text(server.url_address() + "\n")
     assert health.check(run_dir=str(tmp_path)) == 0
     assert health.check(run_dir=str(tmp_path), ready=True) == 1  # no worker yet
@@ -157,8 +160,9 @@ def test_health_reports_a_missing_address_or_nothing_listening(tmp_path: Path) -
     assert code == 1 and "unreachable" in message
 
 
-def test_health_command_line(tmp_path: Path, server: MetricsServer,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_health_command_line(
+    tmp_path: Path, server: MetricsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser(prog="supervisor")
     health.add_health_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["health", "--url", server.url_address(), "--timeout", "5"])
@@ -174,13 +178,19 @@ def test_health_command_line(tmp_path: Path, server: MetricsServer,
 
 def test_probe_decisions_are_pure() -> None:
     def ready(age: float = 0.1, state: str | None = "running", workers: int = 1) -> probes.Probe:
-        return probes.readiness(heartbeat_age_s=age, master_state=state, dispatching=True,
-                                ready_workers=workers)
+        return probes.readiness(
+            heartbeat_age_s=age, master_state=state, dispatching=True, ready_workers=workers
+        )
 
     assert probes.liveness(9.9).ok and not probes.liveness(10.0).ok
     assert ready().ok and ready().body()["status"] == "ok"
     assert ready(age=60).reason.startswith("master loop silent")
     assert ready(state="stopping").body() == {
-        "status": "fail", "reason": "master is stopping", "heartbeat_age_s": 0.1,
-        "master_state": "stopping", "dispatching": True, "ready_workers": 1}
+        "status": "fail",
+        "reason": "master is stopping",
+        "heartbeat_age_s": 0.1,
+        "master_state": "stopping",
+        "dispatching": True,
+        "ready_workers": 1,
+    }
     assert not ready(workers=0).ok

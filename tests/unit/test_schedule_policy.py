@@ -26,13 +26,15 @@ def local(ts: float, tz: str) -> str:
 
 
 def interval(every: float = 10, **kw: Any) -> Any:
-    return make_spec(name="i", task_type="t", schedule_type="interval", interval_seconds=every,
-                     **kw)
+    return make_spec(
+        name="i", task_type="t", schedule_type="interval", interval_seconds=every, **kw
+    )
 
 
 def cron(expr: str, tz: str = "UTC", **kw: Any) -> Any:
-    return make_spec(name="c", task_type="t", schedule_type="cron", cron_expression=expr,
-                     timezone=tz, **kw)
+    return make_spec(
+        name="c", task_type="t", schedule_type="cron", cron_expression=expr, timezone=tz, **kw
+    )
 
 
 def once(when: float, **kw: Any) -> Any:
@@ -107,17 +109,25 @@ def test_cron_respects_start_and_end() -> None:
 # Rule (see supervisor.scheduling.cron): a local time in the spring-forward gap is not invented;
 # it fires once at the first instant after the gap (03:00 local, as croniter does for a daily
 # job). A local time repeated by the fall-back fires once, at its first occurrence.
-@pytest.mark.parametrize(("tz", "day_before", "gap_day", "day_after"), [
-    ("Europe/Berlin", (2024, 3, 30), (2024, 3, 31), (2024, 4, 1)),
-    ("America/New_York", (2024, 3, 9), (2024, 3, 10), (2024, 3, 11)),
-])
+@pytest.mark.parametrize(
+    ("tz", "day_before", "gap_day", "day_after"),
+    [
+        ("Europe/Berlin", (2024, 3, 30), (2024, 3, 31), (2024, 4, 1)),
+        ("America/New_York", (2024, 3, 9), (2024, 3, 10), (2024, 3, 11)),
+    ],
+)
 def test_spring_forward_skipped_time_fires_at_end_of_gap(
-        tz: str, day_before: tuple[int, int, int], gap_day: tuple[int, int, int],
-        day_after: tuple[int, int, int]) -> None:
+    tz: str,
+    day_before: tuple[int, int, int],
+    gap_day: tuple[int, int, int],
+    day_after: tuple[int, int, int],
+) -> None:
     times = preview(cron("30 2 * * *", tz), at(tz, *day_before), 3)
-    assert times == [at(tz, *day_before, 2, 30),
-                     at(tz, *gap_day, 3, 0),  # 02:30 does not exist that day: 03:00, once
-                     at(tz, *day_after, 2, 30)]
+    assert times == [
+        at(tz, *day_before, 2, 30),
+        at(tz, *gap_day, 3, 0),  # 02:30 does not exist that day: 03:00, once
+        at(tz, *day_after, 2, 30),
+    ]
 
 
 def test_spring_forward_matches_inside_the_gap_fire_once() -> None:
@@ -126,12 +136,16 @@ def test_spring_forward_matches_inside_the_gap_fire_once() -> None:
     assert [local(t, tz)[11:19] for t in times] == ["01:40:00", "03:00:00", "03:20:00", "03:40:00"]
 
 
-@pytest.mark.parametrize(("tz", "repeated_hour", "day"), [
-    ("Europe/Berlin", 2, (2024, 10, 27)),
-    ("America/New_York", 1, (2024, 11, 3)),
-])
-def test_fall_back_repeated_time_fires_once(tz: str, repeated_hour: int,
-                                            day: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    ("tz", "repeated_hour", "day"),
+    [
+        ("Europe/Berlin", 2, (2024, 10, 27)),
+        ("America/New_York", 1, (2024, 11, 3)),
+    ],
+)
+def test_fall_back_repeated_time_fires_once(
+    tz: str, repeated_hour: int, day: tuple[int, int, int]
+) -> None:
     spec = cron(f"30 {repeated_hour} * * *", tz)
     start = at(tz, *day) - 86400
     times = preview(spec, start, 3)
@@ -149,22 +163,30 @@ def test_fall_back_hourly_cron_fires_each_local_time_once() -> None:
     tz = "America/New_York"
     times = preview(cron("0 * * * *", tz), at(tz, 2024, 11, 3, 0, 0), 2)
     assert [local(t, tz) for t in times] == [
-        "2024-11-03T01:00:00-04:00", "2024-11-03T02:00:00-05:00"]
+        "2024-11-03T01:00:00-04:00",
+        "2024-11-03T02:00:00-05:00",
+    ]
 
 
 def test_wall_to_epoch_rules() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     assert wall_to_epoch(datetime(2024, 3, 31, 2, 30), berlin) == at(
-        "Europe/Berlin", 2024, 3, 31, 3, 0)
+        "Europe/Berlin", 2024, 3, 31, 3, 0
+    )
     assert wall_to_epoch(datetime(2024, 10, 27, 2, 30), berlin) == at(
-        "Europe/Berlin", 2024, 10, 27, 2, 30, fold=0)
+        "Europe/Berlin", 2024, 10, 27, 2, 30, fold=0
+    )
 
 
 def test_preview_lists_fire_times_across_dst() -> None:
     tz = "America/New_York"
     times = preview(cron("0 12 * * *", tz), at(tz, 2024, 3, 8), 4)
     assert [local(t, tz)[11:] for t in times] == [
-        "12:00:00-05:00", "12:00:00-05:00", "12:00:00-04:00", "12:00:00-04:00"]
+        "12:00:00-05:00",
+        "12:00:00-05:00",
+        "12:00:00-04:00",
+        "12:00:00-04:00",
+    ]
 
 
 # -- misfires ----------------------------------------------------------------------------------
@@ -208,8 +230,9 @@ def test_skip_policy_with_room_fires_each_within_grace() -> None:
 
 
 def test_skip_policy_drops_everything_past_grace() -> None:
-    decision = due_fires(interval(10, misfire_policy="skip", misfire_grace_s=5), 1000, 1006,
-                         anchor_epoch=100)
+    decision = due_fires(
+        interval(10, misfire_policy="skip", misfire_grace_s=5), 1000, 1006, anchor_epoch=100
+    )
     assert decision.fire == () and decision.misfired == 1 and decision.next_run_at == 1010
 
 
@@ -235,8 +258,9 @@ def test_overlap_skip_keeps_only_free_instances() -> None:
     assert due_fires(spec, 980, 1000, anchor_epoch=100).fire == (990, 1000)
     busy = due_fires(interval(10), 110, 110, anchor_epoch=100, active_instances=1)
     assert busy.fire == () and busy.overlapped == 1 and busy.next_run_at == 120
-    queued = due_fires(interval(10, overlap="queue"), 110, 110, anchor_epoch=100,
-                       active_instances=5)
+    queued = due_fires(
+        interval(10, overlap="queue"), 110, 110, anchor_epoch=100, active_instances=5
+    )
     assert queued.fire == (110,)
 
 

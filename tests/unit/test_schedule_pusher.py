@@ -18,8 +18,15 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def fire(n: int = 0, due: float = 1_700_000_000.0, **kw: Any) -> dict[str, Any]:
-    return {"task_id": f"sched-s{n}-{round(due * 1000)}", "type": "report",
-            "params": {"n": n}, "priority": 7, "scheduled_at": due, "schedule_id": f"s{n}", **kw}
+    return {
+        "task_id": f"sched-s{n}-{round(due * 1000)}",
+        "type": "report",
+        "params": {"n": n},
+        "priority": 7,
+        "scheduled_at": due,
+        "schedule_id": f"s{n}",
+        **kw,
+    }
 
 
 @pytest.fixture
@@ -27,11 +34,13 @@ def broker(clock: FakeClock) -> MemoryBroker:
     return MemoryBroker(clock=clock, task_types={"report": TaskOptions(timeout_s=10)})
 
 
-def test_a_fire_reaches_the_consumer_with_its_due_time(broker: MemoryBroker,
-                                                       clock: FakeClock) -> None:
+def test_a_fire_reaches_the_consumer_with_its_due_time(
+    broker: MemoryBroker, clock: FakeClock
+) -> None:
     pushed: list[tuple[str, str]] = []
-    pusher = BrokerPusher(LocalCaller(broker), clock=clock,
-                          on_pushed=lambda sid, tid: pushed.append((sid, tid)))
+    pusher = BrokerPusher(
+        LocalCaller(broker), clock=clock, on_pushed=lambda sid, tid: pushed.append((sid, tid))
+    )
     clock.advance(0.02)
     pusher.push(fire(1, due=clock.now - 0.02))
     task = Queue(LocalCaller(broker)).pop_task(timeout=0)
@@ -52,8 +61,9 @@ def test_a_duplicate_live_id_counts_as_pushed(broker: MemoryBroker, clock: FakeC
         pusher.push(fire(2, type="nope"))
 
 
-def test_push_many_is_one_round_trip_and_isolates_refusals(broker: MemoryBroker,
-                                                          clock: FakeClock) -> None:
+def test_push_many_is_one_round_trip_and_isolates_refusals(
+    broker: MemoryBroker, clock: FakeClock
+) -> None:
     calls: list[str] = []
 
     class Counting(LocalCaller):
@@ -121,10 +131,19 @@ def test_lag_histogram_is_cumulative() -> None:
 
 
 def test_status_doc_has_every_counter_and_misfires_by_policy() -> None:
-    doc = status_doc(pid=1, state="running", started_at=0.0, now=5.0, database="sqlite://",
-                     counters={"fired": 3, "misfire.once": 2, "misfire.skip": 1},
-                     lag=LagHistogram(), next_due_at=None, enabled=4, db_failures=0,
-                     last_tick_s=0.001)
+    doc = status_doc(
+        pid=1,
+        state="running",
+        started_at=0.0,
+        now=5.0,
+        database="sqlite://",
+        counters={"fired": 3, "misfire.once": 2, "misfire.skip": 1},
+        lag=LagHistogram(),
+        next_due_at=None,
+        enabled=4,
+        db_failures=0,
+        last_tick_s=0.001,
+    )
     assert doc["counters"]["fired"] == 3 and doc["counters"]["push_failed"] == 0
     assert doc["misfires"] == {"skip": 1, "once": 2, "all": 0}
     assert doc["lag"]["count"] == 0 and doc["schedules_enabled"] == 4

@@ -32,8 +32,13 @@ class FakeStore:
 
 
 def ticker(store: FakeStore) -> ScheduleTicker:
-    return ScheduleTicker(cast(ScheduleStore, store), lambda task: None, max_sleep_s=1.0,
-                          backoff_base_s=0.5, backoff_cap_s=4.0)
+    return ScheduleTicker(
+        cast(ScheduleStore, store),
+        lambda task: None,
+        max_sleep_s=1.0,
+        backoff_base_s=0.5,
+        backoff_cap_s=4.0,
+    )
 
 
 def test_wakes_at_the_next_due_time_or_within_a_second() -> None:
