@@ -205,6 +205,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{stats['retrying']} retrying, {stats['running']} running; "
         f"store: {stats['store_keys']} keys"
     )
+    sched = status.get("scheduler")
+    if sched:
+        counters = sched.get("counters") or {}
+        print(
+            f"scheduler pid {sched.get('pid', '?')}  state {sched.get('state', '?')}  "
+            f"{sched.get('schedules_enabled', '?')} enabled schedule(s); "
+            f"fired {counters.get('fired', 0)}, misfired {counters.get('misfired', 0)}"
+        )
     print(f"{'SLOT':>4}  {'PID':>7}  {'STATE':<9} {'TASKS':>6}  {'FOR':>8}  TASK")
     for w in master.get("workers", []):
         task = f"{w['task_id']} ({w['task_type']})" if w.get("task_id") else "-"

@@ -95,3 +95,11 @@ def list_keys() -> list[str]:
 
 def clear_store() -> None:
     get_queue().clear_store()
+
+
+def get_scheduler(database_url: str | None = None) -> Any:
+    """The seed's scheduler API (``add_scheduler_task``, ``pause_task``, ...) on the schedules
+    database (``SUPERVISOR_DATABASE`` or ``sqlite:///supervisor.db`` by default)."""
+    from supervisor.scheduling.api import get_scheduler as scheduler_for
+
+    return scheduler_for(database_url)

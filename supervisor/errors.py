@@ -41,6 +41,10 @@ class UnknownTaskType(TaskError):
     """A task names a type that no handler is registered for."""
 
 
+class DuplicateTaskId(TaskError):
+    """A push names a task id that is still queued, delayed or running."""
+
+
 class PayloadError(TaskError):
     """A task's params or a store value cannot be pickled, or is over the size cap."""
 

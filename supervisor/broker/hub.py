@@ -33,7 +33,13 @@ class HubMixin:
             self._status = status
 
     def get_status(self) -> dict[str, Any]:
-        return {"master": self._status, "stats": self.stats()}
+        """Everything ``supervisor status`` shows: the master's, the queue's, the scheduler's."""
+        scheduler, age = self.scheduler_status()
+        return {
+            "master": self._status,
+            "stats": self.stats(),
+            "scheduler": {**scheduler, "report_age_s": age} if scheduler else None,
+        }
 
     def master_status(self) -> dict[str, Any]:
         """The master's last published status (empty before the first); no lock taken:

@@ -32,7 +32,7 @@ from supervisor.broker.control import ControlMixin
 from supervisor.broker.hub import HubMixin
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.store import MemoryStore
-from supervisor.errors import TaskError, UnknownTaskType
+from supervisor.errors import DuplicateTaskId, TaskError, UnknownTaskType
 from supervisor.policy import compute_backoff
 from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN, TaskOptions, check_priority
 
@@ -158,7 +158,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
                 f"task_id must be a string of at most {MAX_ID_LEN} characters, got {task_id!r}"
             )
         if task_id in self._active:
-            raise TaskError(f"task id {task_id!r} is already {self._active[task_id].status}")
+            raise DuplicateTaskId(f"task id {task_id!r} is already {self._active[task_id].status}")
         eta = msg.get("eta")
         if eta is not None and (
             isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta)

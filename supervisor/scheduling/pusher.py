@@ -22,7 +22,7 @@ from typing import Any
 from loguru import logger
 
 from supervisor.broker.base import ACTIVE_STATUSES
-from supervisor.errors import BrokerError, TaskError
+from supervisor.errors import BrokerError, DuplicateTaskId, TaskError
 from supervisor.queue import Caller, build_message
 from supervisor.scheduling.status import LagHistogram
 
@@ -32,7 +32,7 @@ _TASK_KEYS = ("task_id", "type", "params", "priority")
 
 def is_duplicate(exc: BaseException) -> bool:
     """Whether the broker refused a push because the task id is already live."""
-    return isinstance(exc, TaskError) and " is already " in str(exc)
+    return isinstance(exc, DuplicateTaskId)
 
 
 class BrokerPusher:

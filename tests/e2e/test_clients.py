@@ -14,6 +14,7 @@ import pytest
 from supervisor import connect
 from supervisor.errors import BrokerError
 from tests.e2e.conftest import REPO
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -110,6 +111,11 @@ def test_cli_push_status_store_and_tasks(start_master):
     assert json.loads(shown.stdout)["status"] == "succeeded"
     status = _cli("status", *rd)
     assert status.returncode == 0 and f"master pid {m.proc.pid}" in status.stdout
+    wait_until(
+        lambda: "scheduler pid" in _cli("status", *rd).stdout,
+        20,
+        what="the scheduler's first report (about once a second)",
+    )
     doc = json.loads(_cli("status", "--json", *rd).stdout)
     assert len(doc["master"]["workers"]) == 2
     assert _cli("store", "set", "k", '{"v": [1, 2]}', "--json", "--ttl", "60", *rd).returncode == 0

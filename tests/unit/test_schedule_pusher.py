@@ -93,9 +93,12 @@ def test_push_many_with_the_broker_gone_fails_every_task() -> None:
     assert all(isinstance(e, BrokerError) for e in errors)
 
 
-def test_is_duplicate_reads_the_broker_message() -> None:
-    assert is_duplicate(TaskError("task id 'x' is already queued"))
-    assert not is_duplicate(TaskError("task type 'x' is not registered"))
+def test_is_duplicate_knows_the_broker_refusal_by_its_class(broker: MemoryBroker) -> None:
+    broker.push({"type": "report", "params": b"", "task_id": "x"})
+    with pytest.raises(TaskError) as refused:
+        broker.push({"type": "report", "params": b"", "task_id": "x"})
+    assert is_duplicate(refused.value)
+    assert not is_duplicate(TaskError("task id 'x' is already queued"))  # not by its words
     assert not is_duplicate(ValueError("is already queued"))
 
 
