@@ -24,6 +24,7 @@ file is replayed into the table (later snapshots win) and deleted before anythin
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
 import re
@@ -60,6 +61,8 @@ def read_log(path: Path) -> tuple[list[Row], bool]:
         if at + _FRAME.size > len(data):
             return rows, False
         size, crc = _FRAME.unpack_from(data, at)
+        if size == 0 and crc == 0:
+            return rows, True  # the zero-filled rest of a mapped file: nothing more was written
         payload = data[at + _FRAME.size : at + _FRAME.size + size]
         if len(payload) != size or zlib.crc32(payload) != crc:
             return rows, False
@@ -82,6 +85,7 @@ class Journal:
         *,
         fold_interval_s: float = 1.0,
         rotate_bytes: int = 8 << 20,
+        map_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
@@ -95,11 +99,15 @@ class Journal:
         # _cond guards the file descriptor, _unfolded and the counters
         self._seq = 0
         self._fold_lock = threading.Lock()
+        self._stop = threading.Event()
         self._closing = False
         self._threads: list[threading.Thread] = []
-        self._fd = -1
+        self.map_bytes = max(map_bytes, rotate_bytes)
+        self._mm: mmap.mmap | None = None
+        self._size = 0  # bytes mapped in the current file
         self._file_no = 0
-        self._file_bytes = 0
+        self._file_bytes = 0  # bytes written in the current file
+        self._retired: list[Path] = []  # full files whose rows are not all folded yet
         self.log = logger.bind(component="journal")
         self.appends = 0
         self.folds = 0
@@ -142,12 +150,22 @@ class Journal:
         self._open(1)
         return version
 
-    def _open(self, number: int) -> None:
-        path = self.base.with_name(f"{self.base.name}.{number}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        old, self._fd, self._file_no, self._file_bytes = self._fd, fd, number, 0
-        if old >= 0:
-            os.close(old)
+    def _path(self, number: int) -> Path:
+        return self.base.with_name(f"{self.base.name}.{number}")
+
+    def _open(self, number: int, at_least: int = 0) -> None:
+        """Map a new, zero-filled log file; the current one (if any) is retired until folded."""
+        size = max(self.map_bytes, at_least + _FRAME.size)
+        fd = os.open(self._path(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)  # sparse: disk is used as frames are written
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        if self._mm is not None:
+            self._mm.close()
+            self._retired.append(self._path(self._file_no))
+        self._mm, self._size, self._file_no, self._file_bytes = mm, size, number, 0
 
     # -- reading (the table, with what is not folded yet laid over it) ----------------------
     def load_active(self) -> list[TaskRecord]:
@@ -187,14 +205,19 @@ class Journal:
         with self._cond:
             if self._closing:  # after the final fold nothing would keep it: refuse, loudly
                 raise BrokerError("the broker is shutting down; the change was not accepted")
+            at, n = self._file_bytes, len(data)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-            except OSError as exc:
+                if at + n > self._size:  # full: go on in a new file
+                    self._open(self._file_no + 1, at_least=n)
+                    at = 0
+                assert self._mm is not None
+                # A copy into the shared mapping: in the page cache (safe from kill -9) with no
+                # system call, so the GIL is never given up in the middle of a push.
+                self._mm[at : at + n] = data
+            except (OSError, ValueError) as exc:
                 self.log.error("journal write failed: {}", exc)
                 raise BrokerError(f"the task journal cannot be written: {exc}") from None
-            self._file_bytes += len(data)
+            self._file_bytes = at + n
             self.appends += 1
             self._seq += len(batch)
             for row in batch:
@@ -212,21 +235,27 @@ class Journal:
     def fold(self) -> int:
         """Write every appended snapshot to the table now; return how many rows."""
         with self._fold_lock:
-            old_file: Path | None = None
             with self._cond:
-                rows = dict(self._unfolded)
-                if self._file_bytes >= self.rotate_bytes:  # the old file is all in ``rows``
-                    old_file = self.base.with_name(f"{self.base.name}.{self._file_no}")
+                if self._file_bytes >= self.rotate_bytes:
                     self._open(self._file_no + 1)
+                # Every row of a retired file is in ``rows`` (or was folded before).
+                rows = dict(self._unfolded)
+                retired, self._retired = self._retired, []
             if rows:
-                self.table.upsert(list(rows.values()))
+                try:
+                    self.table.upsert(list(rows.values()))
+                except Exception:
+                    with self._cond:
+                        self._retired[:0] = retired  # kept until a fold succeeds
+                    raise
                 self.folds += 1
                 with self._cond:
                     for task_id, row in rows.items():
                         if self._unfolded.get(task_id) is row:
                             del self._unfolded[task_id]
-            if old_file is not None:
-                old_file.unlink()
+            for path in retired:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             return len(rows)
 
     # -- threads ----------------------------------------------------------------------------
@@ -237,12 +266,14 @@ class Journal:
 
     def _folder(self) -> None:
         failures = 0
-        while not self._closing:
-            time.sleep(
-                self.fold_interval_s
-                if not failures
-                else compute_backoff(failures, base_s=0.5, cap_s=30.0, jitter=False)
+        while True:
+            pause = (
+                compute_backoff(failures, base_s=0.5, cap_s=30.0, jitter=False)
+                if failures
+                else self.fold_interval_s
             )
+            if self._stop.wait(pause):
+                return  # close() does the final fold
             try:
                 self.fold()
                 failures = 0
@@ -258,6 +289,7 @@ class Journal:
         """Refuse new snapshots, append and fold everything, stop the threads, delete the log."""
         with self._cond:
             self._closing = True
+        self._stop.set()
         for t in self._threads:
             t.join(timeout_s)
         try:
@@ -267,9 +299,9 @@ class Journal:
                 "final fold failed; the journal file is kept for the next start: {}", exc
             )
         else:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+            if self._mm is not None:
+                self._mm.close()
+                self._mm = None
             for path in self._files():
                 path.unlink()
         self.table.close()

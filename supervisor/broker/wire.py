@@ -68,6 +68,7 @@ class FastConnection(connection.Connection):
         self._check_closed()
         self._check_readable()
         buf = self._recv_bytes()
+        assert buf is not None  # only a maxsize can make it None
         return pickle.loads(buf.getbuffer())
 
 
