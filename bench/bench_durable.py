@@ -202,10 +202,10 @@ def report(f: dict[str, Any], others: dict[str, float], noop: int, batch: int) -
     )
     rows_note = ", ".join(f"{k} {f[k].journal_rows}" for k in ("dur_one", "dur_batch"))
     print(
-        f"journal rows at the end ({rows_note}). The journal's commit count is not exposed "
-        "(Journal.commits lives in the broker process); the broker's write volume above is the "
-        "proxy: a one-row commit writes ~3.3 WAL pages of 4 KiB (row, task_id index, status "
-        "index), and checkpoints copy pages to the database file"
+        f"task_record rows at the end ({rows_note}; the journal folds into the table once a "
+        "second, so a run that just ended may not show every row yet). Journal appends are "
+        "copies into a mapped log file (no system call); the broker's writes above are its "
+        "socket sends and the folds' SQLite writes"
     )
     print(
         f"A throughput run ends at the first stats() poll (<= every {ours.POLL_S * 1000:.0f} ms)"
