@@ -115,6 +115,7 @@ class Master(WorkerPool):
         self._last_maintain = 0.0
         self._last_memory_check = 0.0
         self._published_pids: frozenset[int] = frozenset()
+        self.pending_releases: list[tuple[str, str, str, int]] = []
         self.options = resolve_options(registry, settings)
 
     # -- start -------------------------------------------------------------------------------
@@ -385,12 +386,14 @@ class Master(WorkerPool):
             self.log.error("could not stop dispatching: {}", exc)
 
     def advance_shutdown(self, now: float) -> None:
-        if self.state == DRAINING and self.workers and now >= self.drain_deadline:
-            busy = len(self.workers)
-            self.log.warning(
-                "graceful timeout passed; killing {} worker(s), their tasks go back to the queue",
-                busy,
-            )
+        if self.state == DRAINING and now >= self.drain_deadline:
+            # The deadline holds for every child: a scheduler stuck in a database call too.
+            if self.workers:
+                self.log.warning(
+                    "graceful timeout passed; killing {} worker(s), their tasks go back to the "
+                    "queue",
+                    len(self.workers),
+                )
             self.state = STOPPING
             self.kill_all(REASON_SHUTDOWN)
         scheduler_alive = self.scheduler_process is not None and self.scheduler_process.pid
@@ -410,6 +413,8 @@ class Master(WorkerPool):
         """Broker housekeeping once a second; the status snapshot also whenever workers changed."""
         if self.state == STOPPED or not self.broker_pid:
             return
+        if self.pending_releases:
+            self.release_pending()
         pids = frozenset(self.workers)
         due = now - self._last_maintain >= 1.0
         if not due and pids == self._published_pids:

@@ -53,6 +53,11 @@ _FIELDS = {
 assert _FMT.size == 256
 
 
+def clip_id(task_id: str) -> str:
+    """``task_id`` as the scoreboard stores it (its first 100 bytes)."""
+    return task_id.encode()[:100].decode(errors="replace")
+
+
 @dataclass(frozen=True)
 class SlotView:
     slot: int

@@ -84,6 +84,7 @@ class WorkerPool:
     surge_pid: int | None
     broker_pid: int
     _last_memory_check: float
+    pending_releases: list[tuple[str, str, str, int]]
 
     def halt(self, code: ExitCode) -> None:
         raise NotImplementedError
@@ -191,21 +192,29 @@ class WorkerPool:
                 )
                 self.halt(ExitCode.CRASH_LOOP)
         self.stats.restarts[reason] += 1
-        try:
-            task_id = self.client.call(
-                "release_consumer",
-                w.consumer,
-                broker_reason,
-                error=error,
-                exit_status=osutil.exit_code_of(status),
-            )
-        except BrokerError as exc:
-            log.error("could not release the task of worker {}: {}", w.pid, exc)
-            return
-        if task_id:
-            log.bind(task_id=task_id).warning(
-                "task released from worker {}: {}", w.pid, broker_reason
-            )
+        self.pending_releases.append(
+            (w.consumer, broker_reason, error, osutil.exit_code_of(status))
+        )
+        self.release_pending()
+
+    def release_pending(self) -> None:
+        """Tell the broker about workers that are gone, so their tasks go through the retry
+        policy. A call that fails is kept and tried again on the next tick: a worker's task
+        has no lease, so nothing else would ever give it back."""
+        while self.pending_releases:
+            consumer, reason, error, exit_status = self.pending_releases[0]
+            try:
+                task_id = self.client.call(
+                    "release_consumer", consumer, reason, error=error, exit_status=exit_status
+                )
+            except BrokerError as exc:
+                self.log.error("could not release the task of {} (will retry): {}", consumer, exc)
+                return
+            self.pending_releases.pop(0)
+            if task_id:
+                self.log.bind(task_id=task_id).warning(
+                    "task released from {}: {}", consumer, reason
+                )
 
     def enforce_deadlines(self, now: float) -> None:
         for w in list(self.workers.values()):
@@ -239,7 +248,7 @@ class WorkerPool:
             if w is None or w.kill_reason is not None:
                 continue
             view = self.scoreboard.read(w.slot)
-            if view.task_id != task_id:
+            if view.task_id != sb.clip_id(task_id):  # the scoreboard keeps 100 bytes of it
                 continue
             log = self.log.bind(worker=w.slot, pid=w.pid, task_id=task_id)
             if not view.cancel_request:
@@ -317,7 +326,11 @@ class WorkerPool:
             return
         if self.surge_pid is None:
             used = {w.slot for w in self.workers.values()}
-            slot = next(i for i in range(self.scoreboard.slots) if i not in used)
+            slot = next((i for i in range(self.scoreboard.slots) if i not in used), None)
+            if slot is None:
+                self.log.error("no free worker slot for a rolling replacement; skipped")
+                self.replace_pids.clear()
+                return
             self.surge_pid = self.spawn_worker(slot, now)
             return
         surge = self.workers.get(self.surge_pid)

@@ -91,11 +91,18 @@ class DurableBroker(MemoryBroker):
 
     def retry_task(self, task_id: str) -> bool:
         with self._cond:
-            if task_id not in self._finished:
-                rec = self._journal.get(task_id)
-                if rec is not None and rec.status in base.FINAL_STATUSES:
-                    self._finished[task_id] = rec  # evicted from memory: bring it back
-                    self._count(rec)
+            known = task_id in self._finished or task_id in self._active
+        # Read the database outside the broker lock: a slow query must not stall dispatch.
+        stored = None if known else self._journal.get(task_id)
+        with self._cond:
+            if (
+                stored is not None
+                and stored.status in base.FINAL_STATUSES
+                and task_id not in self._finished
+                and task_id not in self._active
+            ):
+                self._finished[task_id] = stored  # evicted from memory: bring it back
+                self._count(stored)
             return super().retry_task(task_id)
 
     # -- queries fall back to the database ---------------------------------------------------
@@ -154,7 +161,7 @@ class DurableBroker(MemoryBroker):
                 for t, r in self._finished.items()
                 if r.status == status and (r.finished_at or 0) < cutoff
             ]:
-                del self._finished[tid]
+                self._uncount(self._finished.pop(tid))
         return n
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -174,7 +181,8 @@ class DurableBroker(MemoryBroker):
                         now,
                     )
                 else:
-                    self._enqueue(rec)
+                    delayed = rec.status if rec.status == base.RETRYING else base.SCHEDULED
+                    self._enqueue(rec, delayed_status=delayed)
         if recs:
             self.log.info("recovered {} unfinished task(s) from the journal", len(recs))
         return len(recs)

@@ -469,6 +469,8 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
             rec = self._finished.get(task_id)
             if rec is None or rec.status not in (base.DEAD, base.CANCELLED):
                 return False
+            if self._existing_unique(rec) not in (None, task_id):
+                return False  # another live task holds its unique key now
             rec.attempts = 0
             rec.eta = None
             rec.finished_at = None

@@ -158,7 +158,9 @@ class Journal:
         size = max(self.map_bytes, at_least + _FRAME.size)
         fd = os.open(self._path(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.ftruncate(fd, size)  # sparse: disk is used as frames are written
+            # Reserve the blocks now: writing into a sparse mapping on a full disk would kill the
+            # broker with SIGBUS; this way a full disk is an OSError here, reported to callers.
+            os.posix_fallocate(fd, 0, size)
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)

@@ -680,3 +680,14 @@ def test_store_is_served_by_the_broker(broker: MemoryBroker, clock) -> None:
     broker.clear_store()
     assert broker.list_keys() == []
     assert broker.ping() == "pong"
+
+
+def test_retry_refuses_a_task_whose_unique_key_is_held_again() -> None:
+    b = MemoryBroker()
+    first = b.push({"type": "t", "params": b"", "unique_key": "k"})
+    m = b.pop("worker:0:1")
+    b.report("worker:0:1", (m["task_id"], "invalid", {"error": "no"}))
+    second = b.push({"type": "t", "params": b"", "unique_key": "k"})
+    assert second != first
+    assert not b.retry_task(first)  # two live tasks must never share a unique key
+    assert b.get_task(first)["status"] == "dead"

@@ -175,3 +175,16 @@ def test_a_newer_task_database_is_refused(url, clock):
         conn.execute(task_schema.insert().values(version=SCHEMA_VERSION + 1, applied_at=1.0))
     with pytest.raises(SupervisorError, match="newer than the"):
         open_broker(url, clock)
+
+
+def test_purge_keeps_the_status_counts_true(url, clock):
+    b = open_broker(url, clock)
+    t = push(b)
+    m = b.pop(W)
+    b.report(W, (m["task_id"], "invalid", {"error": "no"}))
+    assert b.stats()["by_status"].get("dead") == 1
+    clock.advance(10)
+    assert b.purge("dead", 5) == 1
+    push(b, task_id=t)  # the same id again, before anything rebuilds the counts
+    assert b.stats()["by_status"].get("dead", 0) == 0
+    b.close()

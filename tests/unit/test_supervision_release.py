@@ -1,0 +1,49 @@
+"""A worker's task is released even when the broker does not answer the first time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from loguru import logger
+
+from supervisor.errors import BrokerError
+from supervisor.scoreboard import Scoreboard, clip_id
+from supervisor.supervision import WorkerPool
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FlakyClient:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[tuple[Any, ...]] = []
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((method, *args))
+        if self.failures:
+            self.failures -= 1
+            raise BrokerError("broker call release_consumer failed: timed out")
+        return "task-1"
+
+
+def test_a_failed_release_is_kept_and_retried_on_the_next_tick():
+    pool = WorkerPool()
+    pool.client = FlakyClient(failures=1)  # type: ignore[assignment]
+    pool.log = logger
+    pool.pending_releases = [("worker:0:42", "worker_lost", "worker lost (signal 9)", 137)]
+    pool.release_pending()
+    assert pool.pending_releases  # kept: nothing else would ever give the task back
+    pool.release_pending()
+    assert pool.pending_releases == []
+    assert [c[:3] for c in pool.client.calls] == [  # type: ignore[attr-defined]
+        ("release_consumer", "worker:0:42", "worker_lost")
+    ] * 2
+
+
+def test_the_scoreboard_keeps_a_comparable_prefix_of_long_task_ids():
+    board = Scoreboard(1)
+    long_id = "x" * 150 + "é"
+    board.reset(0, 1, 0.0)
+    board.begin_task(0, long_id, "t", 0.0, 1.0)
+    assert board.read(0).task_id == clip_id(long_id) == "x" * 100
