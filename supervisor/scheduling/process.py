@@ -42,19 +42,10 @@ from supervisor.scheduling.models import make_engine
 from supervisor.scheduling.service import SchedulerOptions, SchedulerService
 from supervisor.scheduling.spec import ScheduleSpec
 from supervisor.scheduling.store import ScheduleStore
+from supervisor.signals import HANDLED
 
-# Every signal the master handles, blocked around fork (the child unblocks after its setup).
-_BLOCKED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCHLD,
-)
+# Every signal the master handles is blocked around fork (the child unblocks after its setup).
+_BLOCKED = HANDLED
 _IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
 
 
