@@ -11,7 +11,6 @@ import sys
 import time
 
 _PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _prctl(option: int, arg: int) -> bool:
@@ -27,11 +26,6 @@ def _prctl(option: int, arg: int) -> bool:
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
     return _prctl(_PR_SET_PDEATHSIG, int(sig))
-
-
-def set_child_subreaper() -> bool:
-    """Orphaned descendants are reparented to us instead of to PID 1 (Linux)."""
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
 def read_line(fd: int, timeout_s: float) -> str:

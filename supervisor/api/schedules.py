@@ -35,7 +35,7 @@ class ScheduleLister:
         self._lock = threading.Lock()
 
     def __call__(self) -> list[dict[str, Any]]:
-        from supervisor.scheduling.models import make_engine
+        from supervisor.db import make_engine
         from supervisor.scheduling.store import ScheduleStore
 
         with self._lock:

@@ -147,7 +147,3 @@ class BrokerClient:
                 conn.close()
             except OSError:
                 pass
-
-    def abandon(self) -> None:
-        """Forget the connection without closing it (a forked child's inherited copy)."""
-        self._local = threading.local()

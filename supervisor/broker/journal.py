@@ -18,6 +18,7 @@ from loguru import logger
 from sqlalchemy.engine import Engine
 
 from supervisor.broker.records import TaskRecord
+from supervisor.db import add_missing_columns
 from supervisor.errors import SupervisorError
 
 metadata = sa.MetaData()
@@ -169,15 +170,8 @@ class TaskTable:
                     f"{SCHEMA_VERSION} this release supports; upgrade supervisor"
                 )
             if current is None or current < SCHEMA_VERSION:
-                present = {c["name"] for c in sa.inspect(conn).get_columns("task_record")}
-                quote = conn.dialect.identifier_preparer.quote
-                for column in task_record.columns:
-                    if column.name not in present:
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE task_record ADD COLUMN {quote(column.name)} "
-                            f"{column.type.compile(dialect=conn.dialect)}"
-                        )
-                        self.log.info("task database: added column {}", column.name)
+                for name in add_missing_columns(conn, task_record):
+                    self.log.info("task database: added column {}", name)
                 conn.execute(
                     task_schema.insert().values(version=SCHEMA_VERSION, applied_at=self.clock())
                 )

@@ -76,7 +76,7 @@ def read_log(path: Path) -> tuple[list[Row], bool]:
 
 
 class Journal:
-    """The log, its group commit and its fold into :class:`TaskTable` (see the docstring)."""
+    """The log and its fold into :class:`TaskTable` (see the module docstring)."""
 
     def __init__(
         self,
@@ -97,7 +97,6 @@ class Journal:
         self._cond = threading.Condition()
         self._unfolded: dict[str, Row] = {}  # in the log, not yet in the table (latest per task)
         # _cond guards the file descriptor, _unfolded and the counters
-        self._seq = 0
         self._fold_lock = threading.Lock()
         self._stop = threading.Event()
         self._closing = False
@@ -196,12 +195,12 @@ class Journal:
         return self.table.delete(where)
 
     # -- writing ----------------------------------------------------------------------------
-    def write(self, row: Row) -> int:
-        """Append one snapshot now; return its sequence number. Raises BrokerError if the log
+    def write(self, row: Row) -> None:
+        """Append one snapshot now: it is safe when this returns. Raises BrokerError if the log
         cannot be written (the change is then not safe, and the caller says so)."""
-        return self.write_many((row,))
+        self.write_many((row,))
 
-    def write_many(self, rows: Iterable[Row]) -> int:
+    def write_many(self, rows: Iterable[Row]) -> None:
         batch = list(rows)
         data = _frame(batch)
         with self._cond:
@@ -221,17 +220,8 @@ class Journal:
                 raise BrokerError(f"the task journal cannot be written: {exc}") from None
             self._file_bytes = at + n
             self.appends += 1
-            self._seq += len(batch)
             for row in batch:
                 self._unfolded[row[0]] = row
-            return self._seq
-
-    def wait(self, seq: int, timeout_s: float | None = 30.0) -> bool:
-        """Snapshots are in the log when :meth:`write` returns: nothing to wait for."""
-        return True
-
-    def sync(self, timeout_s: float | None = 30.0) -> bool:
-        return True
 
     # -- folding into the table -------------------------------------------------------------
     def fold(self) -> int:
@@ -315,7 +305,7 @@ def open_journal(
     """The journal for a database URL: the log sits next to a SQLite file, else in ``run_dir``."""
     from sqlalchemy.engine import make_url
 
-    from supervisor.scheduling.models import make_engine
+    from supervisor.db import make_engine
 
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):

@@ -5,10 +5,11 @@ forked by the master) fires due schedules; any process manages them with
 :func:`get_scheduler` (the seed's API) or ``supervisor schedules ...``.
 """
 
+from supervisor.db import make_engine
 from supervisor.scheduling.api import Scheduler, get_scheduler
 from supervisor.scheduling.claim import FireOutcome
 from supervisor.scheduling.errors import ScheduleError
-from supervisor.scheduling.models import SCHEMA_VERSION, make_engine, migrate
+from supervisor.scheduling.models import SCHEMA_VERSION, migrate
 from supervisor.scheduling.policy import (
     FireDecision,
     due_fires,

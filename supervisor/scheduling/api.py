@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from supervisor.scheduling.models import make_engine
+from supervisor.db import make_engine
 from supervisor.scheduling.store import ScheduleStore
 
 DEFAULT_DATABASE = "sqlite:///supervisor.db"

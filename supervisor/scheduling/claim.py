@@ -19,7 +19,7 @@ The guarantee, and why it holds:
 3. Two schedulers on one database: the row locks (or SQLite's single writer) serialize them;
    the one that comes second sees ``next_run_at`` advanced, or skips the rows the first one
    holds. Were the lock missing (an engine not made by
-   :func:`~supervisor.scheduling.models.make_engine`), the compare-and-set or the unique fire
+   :func:`~supervisor.db.make_engine`), the compare-and-set or the unique fire
    row fails for the loser: its batch rolls back and is claimed again one schedule at a time,
    so only the schedule really taken by the other scheduler is given up.
 

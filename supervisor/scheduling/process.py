@@ -35,10 +35,10 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from supervisor import logs, osutil
 from supervisor.broker.client import BrokerClient
+from supervisor.db import make_engine
 from supervisor.errors import ExitCode
 from supervisor.scheduling import wake
 from supervisor.scheduling.errors import ScheduleError
-from supervisor.scheduling.models import make_engine
 from supervisor.scheduling.service import SchedulerOptions, SchedulerService
 from supervisor.scheduling.spec import ScheduleSpec
 from supervisor.scheduling.store import ScheduleStore

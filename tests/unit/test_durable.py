@@ -11,8 +11,8 @@ from loguru import logger
 from supervisor.broker.durable import DurableBroker
 from supervisor.broker.journal import task_record
 from supervisor.broker.tasklog import open_journal
+from supervisor.db import make_engine
 from supervisor.registry import TaskOptions
-from supervisor.scheduling.models import make_engine
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -85,7 +85,6 @@ def test_results_expire_after_their_ttl(url, clock):
             if m["task_id"] == ok
             else (m["task_id"], "invalid", {"error": "no"}),
         )
-    b._journal.sync()
     clock.advance(59)
     assert b.expire_results() == 0
     clock.advance(2)

@@ -9,8 +9,8 @@ import pytest
 from supervisor.broker.journal import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.tasklog import Journal, open_journal, read_log
+from supervisor.db import make_engine
 from supervisor.errors import BrokerError
-from supervisor.scheduling.models import make_engine
 
 pytestmark = pytest.mark.timeout(30)
 
