@@ -20,9 +20,10 @@ from loguru import logger
 from supervisor.broker import base
 from supervisor.broker.journal import snapshot, task_record
 from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.parking import PARKED, Handoff, Sink
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.tasklog import Journal
-from supervisor.errors import TaskError
+from supervisor.errors import BrokerError, TaskError
 
 DAY_S = 86_400.0
 
@@ -50,27 +51,13 @@ class DurableBroker(MemoryBroker):
         journal.start()
         threading.Thread(target=self._janitor, name="janitor", daemon=True).start()
 
-    # -- journal hooks (all called with the broker's lock held) ------------------------------
-    def _journal_rec(self, rec: TaskRecord) -> None:
+    # -- the journal hook (called with the broker's lock held) ------------------------------
+    def _changed(self, rec: TaskRecord) -> None:
         batch = getattr(self._tls, "batch", None)
         if batch is not None:  # inside exchange(): one write for the report and the hand-out
             batch.append(snapshot(rec))
         else:
             self._journal.write(snapshot(rec))  # in the log (safe) when this returns
-
-    def _enqueue(self, rec: TaskRecord, **options: Any) -> None:
-        super()._enqueue(rec, **options)
-        self._journal_rec(rec)
-
-    def _take(self, consumer: str, now: float) -> dict[str, Any] | None:
-        msg = super()._take(consumer, now)
-        if msg is not None:
-            self._journal_rec(self._active[msg["task_id"]])
-        return msg
-
-    def _finish(self, rec: TaskRecord, status: str, now: float, **options: Any) -> None:
-        super()._finish(rec, status, now, **options)
-        self._journal_rec(rec)
 
     # -- the worker's hot path ---------------------------------------------------------------
     def exchange(self, consumer: str, report: Any, wait_s: float | None) -> dict[str, Any] | None:
@@ -88,6 +75,27 @@ class DurableBroker(MemoryBroker):
                 if rows:
                     self._journal.write_many(rows)
         return msg if msg is not None else self.pop(consumer, wait_s)
+
+    def serve_hot(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], sink: Sink
+    ) -> tuple[Any, BaseException | None, list[Handoff]]:
+        # One journal write per request, whatever it changed: a push and the hand-over of that
+        # task to a parked worker, or a report and the next hand-out. It is made before the lock
+        # is released (the log keeps the broker's order) and before anyone is answered.
+        with self._cond:
+            self._tls.batch = []
+            try:
+                result, error, handoffs = super().serve_hot(method, args, kwargs, sink)
+            finally:
+                rows, self._tls.batch = self._tls.batch, None
+            if rows:
+                try:
+                    self._journal.write_many(rows)
+                except BrokerError as exc:  # not safe: say so (a full disk, say)
+                    if result is PARKED:
+                        self._parked.pop(args[0], None)
+                    result, error = None, exc
+        return result, error, handoffs
 
     def retry_task(self, task_id: str) -> bool:
         with self._cond:
@@ -137,7 +145,7 @@ class DurableBroker(MemoryBroker):
             with self._cond:
                 rec = self._active.get(task_id)
                 if rec is not None:
-                    self._journal_rec(rec)
+                    self._changed(rec)
         return outcome
 
     def get_queue_stats(self) -> dict[str, int]:

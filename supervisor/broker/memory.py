@@ -30,6 +30,7 @@ from supervisor.broker import base
 from supervisor.broker.base import Broker, Report
 from supervisor.broker.control import ControlMixin
 from supervisor.broker.hub import HubMixin
+from supervisor.broker.parking import ParkingMixin
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.store import MemoryStore
 from supervisor.errors import DuplicateTaskId, TaskError, UnknownTaskType
@@ -53,7 +54,7 @@ def _unique_key(value: Any) -> str | None:
     return value
 
 
-class MemoryBroker(ControlMixin, HubMixin, Broker):
+class MemoryBroker(ParkingMixin, ControlMixin, HubMixin, Broker):
     def __init__(
         self,
         *,
@@ -96,6 +97,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         self._ready_n = [0] * (PRIORITY_MAX + 1)
         self._front_seqs: set[int] = set()  # lane entries put back at the front (shutdown)
         self.store = MemoryStore(clock=clock)
+        self._init_parking()
 
     # -- configuration -----------------------------------------------------------------------
     def configure(
@@ -212,6 +214,10 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         for rec in (*self._active.values(), *self._finished.values()):
             self._count(rec)
 
+    def _changed(self, rec: TaskRecord) -> None:
+        """Called (lock held) after ``rec`` was queued, taken or finished: the durable
+        broker's journal hook; nothing to do in memory."""
+
     def _move(self, rec: TaskRecord, status: str) -> None:
         self._uncount(rec)
         rec.status = status
@@ -234,6 +240,9 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         if rec.eta is not None and rec.eta > self._clock():
             rec.status = delayed_status
             heapq.heappush(self._delayed, (rec.eta, rec.seq, rec.task_id))
+            self._count(rec)
+            self._changed(rec)
+            self._eta_set(rec.eta)
             self._cond.notify_all()  # waiters recompute how long to sleep
         else:
             rec.status = base.QUEUED
@@ -244,8 +253,12 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
                 self._front_seqs.add(rec.seq)
             else:
                 lane.append((rec.task_id, rec.seq))
+            self._count(rec)
+            # Record the change before waking a consumer: the woken thread would otherwise
+            # wake only to wait for this one's lock and GIL (two more context switches).
+            self._changed(rec)
+            self._task_ready()
             self._cond.notify()
-        self._count(rec)
 
     def _existing_unique(self, rec: TaskRecord) -> str | None:
         """The id of the live task holding ``rec``'s unique key, if any."""
@@ -295,6 +308,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
             self._ready[rec.priority].append((task_id, seq))
             n += 1
         if n:
+            self._task_ready()
             self._cond.notify(n)
         return n
 
@@ -319,6 +333,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
                 self._held[consumer] = task_id
                 self.counters[("started", rec.type, "")] += 1
                 self._events.append(("started", rec.type, "", now - (rec.ready_at or now)))
+                self._changed(rec)
                 return rec.message()
         return None
 
@@ -370,6 +385,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         self.counters[("finished", rec.type, status)] += 1
         if ran and rec.started_at is not None:  # the duration histogram: attempts that ran
             self._events.append(("finished", rec.type, status, now - rec.started_at))
+        self._changed(rec)
 
     def _fail(self, rec: TaskRecord, reason: str, detail: dict[str, Any], now: float) -> None:
         rec.errors.append(
@@ -436,6 +452,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
         self, consumer: str, reason: str, *, error: str = "", exit_status: int | None = None
     ) -> str | None:
         with self._cond:
+            self._parked.pop(consumer, None)
             task_id = self._held.pop(consumer, None)
             rec = self._active.get(task_id) if task_id else None
             if rec is None:
@@ -446,6 +463,7 @@ class MemoryBroker(ControlMixin, HubMixin, Broker):
     def set_dispatching(self, on: bool) -> None:
         with self._cond:
             self._dispatching = bool(on)
+            self._parking_changed()
             self._cond.notify_all()
 
     # -- queries and control -----------------------------------------------------------------

@@ -19,6 +19,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +28,93 @@ from multiprocess import managers
 
 from supervisor import osutil
 from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.parking import HOT_METHODS, PARKED
 from supervisor.broker.wire import SERIALIZER
 from supervisor.errors import BrokerError
 
 BROKER_IDENT = "broker"
+
+
+class BrokerServer(managers.Server):
+    """The manager server, with a serving loop of our own for the broker's hot calls.
+
+    The protocol, the auth handshake and the thread per connection are the manager's; what
+    changes is that ``push``, ``push_many``, ``exchange`` and ``report`` go through the broker's
+    ``serve_hot``, which can park a worker's exchange (the answer comes later, from whichever
+    thread makes a task ready: see :mod:`supervisor.broker.parking`) and returns hand-overs for
+    this thread to send to parked workers. Everything else is served as the manager serves it."""
+
+    def serve_client(self, conn: Any) -> None:
+        broker = self.id_to_obj[BROKER_IDENT][0]
+        serve_hot = getattr(broker, "serve_hot", None)
+        send_lock = threading.Lock()
+        closed = False
+
+        def sink(answer: Any) -> None:
+            # Another thread answers this connection's parked call: never after it closed (its
+            # descriptor may belong to a new connection by then).
+            with send_lock:
+                if closed:
+                    raise OSError("the consumer's connection is closed")
+                conn.send(("#RETURN", answer))
+
+        parked_as: str | None = None
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    request = conn.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    ident, method, args, kwds = request
+                except (TypeError, ValueError):
+                    conn.send(("#TRACEBACK", f"malformed request {request!r:.200}"))
+                    continue
+                if serve_hot is not None and ident == BROKER_IDENT and method in HOT_METHODS:
+                    result, error, handoffs = serve_hot(method, args, kwds, sink)
+                    broker.deliver(handoffs)
+                    if result is PARKED:
+                        parked_as = args[0]
+                        continue
+                    msg = ("#ERROR", error) if error is not None else ("#RETURN", result)
+                else:
+                    msg = self._generic(conn, ident, method, args, kwds)
+                try:
+                    conn.send(msg)
+                except Exception:
+                    if msg[0] == "#RETURN":  # an answer that cannot be pickled
+                        conn.send(("#UNSERIALIZABLE", traceback.format_exc()))
+                    else:
+                        raise
+        except (OSError, EOFError):
+            return
+        finally:
+            with send_lock:
+                closed = True
+                if parked_as is not None:
+                    broker.unpark(parked_as, sink)
+                conn.close()
+
+    def _generic(self, conn: Any, ident: Any, method: str, args: Any, kwds: Any) -> tuple[str, Any]:
+        """One call the way ``multiprocess.managers.Server.serve_client`` makes it."""
+        try:
+            try:
+                obj, exposed, _ = self.id_to_obj[ident]
+            except KeyError:
+                obj, exposed, _ = self.id_to_local_proxy_obj[ident]
+            if method not in exposed:
+                fallback = self.fallback_mapping.get(method)
+                if fallback is None:
+                    raise AttributeError(
+                        f"method {method!r} of {type(obj)!r} object is not in exposed={exposed!r}"
+                    )
+                return ("#RETURN", fallback(self, conn, ident, obj, *args, **kwds))
+            try:
+                return ("#RETURN", getattr(obj, method)(*args, **kwds))
+            except Exception as exc:
+                return ("#ERROR", exc)
+        except Exception:
+            return ("#TRACEBACK", traceback.format_exc())
 
 
 def _exit_on_term(signum: int, frame: Any) -> None:
@@ -54,7 +139,7 @@ def serve(
     of its own here (the HTTP endpoints do), since this process never forks."""
     old_umask = os.umask(0o077)  # the Unix socket is born 0600: no window where others connect
     try:
-        server = managers.Server({}, address, authkey, SERIALIZER)
+        server = BrokerServer({}, address, authkey, SERIALIZER)
     finally:
         os.umask(old_umask)
     if isinstance(server.address, str):
@@ -69,6 +154,7 @@ def serve(
     try:
         server.serve_forever()
     finally:
+        broker.stop_dispatcher()  # parked workers are answered None, not left hanging
         close = getattr(broker, "close", None)
         if close is not None:
             close()  # the durable broker commits what its journal still holds
