@@ -63,7 +63,7 @@ def make_broker(s: Settings, options: dict[str, TaskOptions], default: TaskOptio
     from supervisor.broker.tasklog import open_journal
 
     return DurableBroker(
-        journal=open_journal(s.database, run_dir=s.run_dir),
+        journal=open_journal(s.database, run_dir=s.run_dir, fold_process=True),
         result_ttl_s=s.result_ttl,
         failure_ttl_s=s.failure_ttl,
         **common,

@@ -1,0 +1,290 @@
+"""Folding the journal's log files into the task table, in a process of its own.
+
+The broker appends each state change to a mapped log file (:mod:`supervisor.broker.tasklog`);
+something must then write those rows into ``task_record``. Doing it in a thread of the broker
+cost the broker a fifth of its CPU at full speed (SQLite upserts, and the GIL handed back and
+forth with the connection threads at every statement), and the broker's single core is what
+bounds throughput. So the fold runs here, in a child process the broker spawns (``python -m
+supervisor.broker.logfold``, a fresh interpreter: the broker has threads and must not fork).
+
+It reads the log files from the disk (the broker's writes are in the page cache, so they are
+visible here at once), in order, from where it stopped the last time, keeps the latest row of
+each task, upserts them in one transaction, and deletes every file that is complete (a file is
+complete once a later one exists: the broker never writes an older file again). A frame whose
+checksum does not match at the end of the live file is one being written: it is read next time.
+
+Protocol (lines on stdin/stdout): the broker writes the database URL and its own pid first (the
+URL is secret-bearing: never on the command line), then ``fold`` whenever it wants the table up
+to date (at least once a second), answered ``ok N`` (rows written) or ``error TEXT``; ``exit`` or
+the end of stdin stops the process. It dies with the broker (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import pickle
+import re
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from supervisor import osutil
+from supervisor.errors import BrokerError
+
+FRAME = struct.Struct("<II")  # payload length, crc32
+Row = tuple[Any, ...]
+
+
+def frame(rows: list[Row]) -> bytes:
+    payload = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def parse(data: Any, at: int = 0) -> tuple[list[Row], int, str]:
+    """Rows of the frames in ``data`` (bytes or a mapping) from offset ``at``.
+
+    Returns (rows, the offset after the last good frame, why it stopped): ``"end"`` at the
+    zero-filled rest of a file or its end, ``"torn"`` at a frame that is incomplete or does not
+    match its checksum (the tail of a crash, or a frame being written right now)."""
+    rows: list[Row] = []
+    size_all = len(data)
+    while at + FRAME.size <= size_all:
+        size, crc = FRAME.unpack_from(data, at)
+        if size == 0 and crc == 0:
+            return rows, at, "end"
+        start, end = at + FRAME.size, at + FRAME.size + size
+        if end > size_all:
+            return rows, at, "torn"
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            return rows, at, "torn"
+        try:
+            batch = pickle.loads(payload)
+        except Exception:
+            return rows, at, "torn"
+        if isinstance(batch, list):
+            rows.extend(r for r in batch if isinstance(r, tuple) and r and isinstance(r[0], str))
+        at = end
+    return rows, at, "end" if at == size_all else "torn"
+
+
+def log_files(base: Path) -> list[tuple[int, Path]]:
+    """The log files ``BASE.N``, oldest first."""
+    pattern = re.compile(re.escape(base.name) + r"\.(\d+)$")
+    found = [
+        (int(m[1]), p) for p in base.parent.glob(base.name + ".*") if (m := pattern.match(p.name))
+    ]
+    return sorted(found)
+
+
+class LogFolder:
+    """Reads the log files from where it stopped and upserts their rows into ``table``."""
+
+    def __init__(self, table: Any, base: Path) -> None:
+        self.table = table
+        self.base = base
+        self._no = 0  # the file read last, and how far
+        self._at = 0
+        self._map: mmap.mmap | None = None
+        self.log = logger.bind(component="journal")
+
+    def _mapping(self, number: int, path: Path) -> mmap.mmap | None:
+        if self._map is not None and self._no == number:
+            return self._map
+        self._drop_map()
+        try:
+            with path.open("rb") as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    return None
+                self._map = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+        except (FileNotFoundError, ValueError):
+            return None
+        self._no, self._at = number, 0
+        return self._map
+
+    def _drop_map(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def fold(self) -> int:
+        """Upsert every complete frame written since the last fold; return how many rows."""
+        files = log_files(self.base)
+        latest: dict[str, Row] = {}
+        done: list[Path] = []
+        for i, (number, path) in enumerate(files):
+            if number < self._no:  # complete and folded, but its deletion failed: again
+                done.append(path)
+                continue
+            last = i == len(files) - 1
+            data = self._mapping(number, path)
+            if data is None:
+                continue
+            rows, at, why = parse(data, self._at)
+            for row in rows:
+                latest[row[0]] = row
+            self._at = at
+            if not last:
+                if why == "torn":
+                    self.log.error(
+                        "journal {}: a corrupt frame at offset {}; the rest of the file is skipped",
+                        path.name,
+                        at,
+                    )
+                done.append(path)
+        if latest:
+            try:
+                self.table.upsert(list(latest.values()))
+            except BaseException:
+                self._drop_map()  # read every file again next time (later rows still win)
+                self._no = self._at = 0
+                raise
+        for path in done:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return len(latest)
+
+    def close(self) -> None:
+        self._drop_map()
+
+
+class FoldProcess:
+    """The broker's side of the child process: start it, ask it to fold, restart it if it died.
+
+    ``fold()`` raises BrokerError when the child cannot be started, answers an error, dies or
+    does not answer within ``timeout_s`` (it is then killed, and started again next time)."""
+
+    def __init__(self, database_url: str, base: Path, *, timeout_s: float = 60.0) -> None:
+        self.database_url = database_url
+        self.base = base
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        import supervisor
+
+        root = str(Path(supervisor.__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.broker.logfold", str(self.base)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise BrokerError(f"cannot start the journal folder process: {exc}") from None
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(f"{self.database_url}\n{os.getpid()}\n".encode())
+            proc.stdin.flush()
+        except OSError:
+            pass  # it died at once: the answer below says so
+        answer = osutil.read_line(proc.stdout.fileno(), self.timeout_s)
+        if answer != "ready":
+            self._kill(proc)
+            raise BrokerError(f"the journal folder process did not start (exit {proc.returncode})")
+        return proc
+
+    def fold(self) -> int:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = None
+            self._proc = self._start()
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(b"fold\n")
+            proc.stdin.flush()
+        except OSError:
+            pass
+        answer = osutil.read_line(proc.stdout.fileno(), self.timeout_s)
+        if answer.startswith("ok "):
+            return int(answer[3:])
+        if answer.startswith("error "):
+            raise BrokerError(answer[6:])
+        self._kill(proc)
+        self._proc = None
+        raise BrokerError(
+            f"the journal folder process stopped answering (exit {proc.returncode}); "
+            "it is started again"
+        )
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(b"exit\n")
+            proc.stdin.close()
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self._kill(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# -- the child process -----------------------------------------------------------------------
+def _serve(folder: LogFolder, stdin: Any, stdout: Any) -> None:
+    for line in stdin:
+        command = line.strip()
+        if command == "exit":
+            return
+        if command != "fold":
+            stdout.write(f"error unknown command {command[:40]!r}\n")
+        else:
+            try:
+                stdout.write(f"ok {folder.fold()}\n")
+            except Exception as exc:
+                text = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
+                stdout.write(f"error {text}\n")
+        stdout.flush()
+
+
+def main() -> int:
+    from supervisor.broker.journal import TaskTable
+    from supervisor.db import make_engine
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)  # the broker decides when we stop
+    osutil.die_with_parent()
+    url = sys.stdin.readline().strip()
+    parent = sys.stdin.readline().strip()
+    base = Path(sys.argv[1])
+    if not url or parent != str(os.getppid()):
+        return 2  # not started by a broker, or it is gone already
+    table = TaskTable(make_engine(url))
+    folder = LogFolder(table, base)
+    print("ready", flush=True)
+    try:
+        _serve(folder, sys.stdin, sys.stdout)
+    finally:
+        folder.close()
+        table.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
