@@ -196,13 +196,29 @@ class FoldProcess:
             pass  # it died at once: the answer below says so
         answer = osutil.read_line(proc.stdout.fileno(), self.timeout_s)
         if answer != "ready":
-            self._kill(proc)
-            raise BrokerError(f"the journal folder process did not start (exit {proc.returncode})")
+            self._discard(proc)
+            raise BrokerError(
+                f"the journal folder process did not start ({self._status(proc)}; "
+                "its error is in the log above)"
+            )
         return proc
 
+    @staticmethod
+    def _status(proc: subprocess.Popen[bytes]) -> str:
+        code = proc.returncode
+        if code is None:
+            return "still running"
+        return f"exit {code}" if code >= 0 else f"signal {-code}"
+
     def fold(self) -> int:
-        if self._proc is None or self._proc.poll() is not None:
+        if self._proc is not None and self._proc.poll() is not None:
+            logger.bind(component="journal").warning(
+                "the journal folder process ended ({}); starting a new one",
+                self._status(self._proc),
+            )
+            self._discard(self._proc)
             self._proc = None
+        if self._proc is None:
             self._proc = self._start()
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
@@ -216,19 +232,24 @@ class FoldProcess:
             return int(answer[3:])
         if answer.startswith("error "):
             raise BrokerError(answer[6:])
-        self._kill(proc)
+        self._discard(proc)
         self._proc = None
         raise BrokerError(
-            f"the journal folder process stopped answering (exit {proc.returncode}); "
-            "it is started again"
+            f"the journal folder process stopped answering ({self._status(proc)}); "
+            "a new one is started at the next fold"
         )
 
     @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
+    def _discard(proc: subprocess.Popen[bytes]) -> None:
+        """Kill (if need be), reap, and close the pipes of ``proc``."""
         with contextlib.suppress(OSError):
             proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5.0)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -238,12 +259,9 @@ class FoldProcess:
         with contextlib.suppress(OSError):
             proc.stdin.write(b"exit\n")
             proc.stdin.close()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            self._kill(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        self._discard(proc)
 
 
 # -- the child process -----------------------------------------------------------------------
