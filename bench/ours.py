@@ -169,14 +169,16 @@ class Master:
         return None
 
     def processes(self) -> dict[str, list[Any]]:
-        """psutil.Process objects of the broker and the workers (for their CPU time)."""
+        """psutil.Process objects of the broker, its journal folder and the workers (CPU time)."""
         import psutil
 
-        out: dict[str, list[Any]] = {"broker": [], "workers": []}
+        out: dict[str, list[Any]] = {"broker": [], "workers": [], "folder": []}
         with contextlib.suppress(psutil.Error):
             pid = self.broker_pid()
             if pid is not None:
-                out["broker"].append(psutil.Process(pid))
+                broker = psutil.Process(pid)
+                out["broker"].append(broker)
+                out["folder"].extend(broker.children())  # the journal's fold process
             for w in (self.call("get_status").get("master") or {}).get("workers") or []:
                 out["workers"].append(psutil.Process(int(w["pid"])))
         return out

@@ -160,8 +160,8 @@ FIELDS: tuple[Field, ...] = (
         "durability",
         str,
         "journal",
-        "journal: every task is committed to the database before push returns and survives "
-        "a crash; none: in memory only",
+        "journal: every task is in the journal (folded into the database each second) "
+        "before push returns, and survives a crash; none: in memory only",
         choices=("journal", "none"),
     ),
     Field(
