@@ -160,13 +160,19 @@ class FoldProcess:
     """The broker's side of the child process: start it, ask it to fold, restart it if it died.
 
     ``fold()`` raises BrokerError when the child cannot be started, answers an error, dies or
-    does not answer within ``timeout_s`` (it is then killed, and started again next time)."""
+    does not answer within ``timeout_s`` (it is then killed, and started again next time).
+    If it cannot be started ``MAX_START_FAILURES`` times in a row (no usable interpreter at
+    ``sys.executable``, say), folds run in this process from then on, as they did before."""
+
+    MAX_START_FAILURES = 3
 
     def __init__(self, database_url: str, base: Path, *, timeout_s: float = 60.0) -> None:
         self.database_url = database_url
         self.base = base
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
+        self._start_failures = 0
+        self._local: LogFolder | None = None  # the fallback
 
     @property
     def pid(self) -> int | None:
@@ -218,8 +224,17 @@ class FoldProcess:
             )
             self._discard(self._proc)
             self._proc = None
+        if self._local is not None:
+            return self._local.fold()
         if self._proc is None:
-            self._proc = self._start()
+            try:
+                self._proc = self._start()
+            except BrokerError:
+                self._start_failures += 1
+                if self._start_failures < self.MAX_START_FAILURES:
+                    raise
+                return self._fold_here()
+            self._start_failures = 0
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -239,6 +254,18 @@ class FoldProcess:
             "a new one is started at the next fold"
         )
 
+    def _fold_here(self) -> int:
+        from supervisor.broker.journal import TaskTable
+        from supervisor.db import make_engine
+
+        logger.bind(component="journal").error(
+            "the journal folder process failed to start {} times; folding in the broker "
+            "process from now on",
+            self._start_failures,
+        )
+        self._local = LogFolder(TaskTable(make_engine(self.database_url)), self.base)
+        return self._local.fold()
+
     @staticmethod
     def _discard(proc: subprocess.Popen[bytes]) -> None:
         """Kill (if need be), reap, and close the pipes of ``proc``."""
@@ -252,6 +279,9 @@ class FoldProcess:
                     pipe.close()
 
     def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local.table.close()
         proc, self._proc = self._proc, None
         if proc is None:
             return

@@ -126,3 +126,20 @@ def test_a_fold_process_that_cannot_open_the_database_says_why(tmp_path: Path):
             folder.fold()
     finally:
         folder.close()
+
+
+def test_after_repeated_failed_starts_the_fold_runs_in_this_process(
+    tmp_path: Path, table: TaskTable, monkeypatch
+):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    (tmp_path / "log.1").write_bytes(frame([row("a")]) + b"\0" * 64)
+    folder = FoldProcess(url, tmp_path / "log")
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    try:
+        for _ in range(FoldProcess.MAX_START_FAILURES - 1):
+            with pytest.raises(BrokerError, match="cannot start"):
+                folder.fold()
+        assert folder.fold() == 1 and status_of(table, "a") == "queued"
+        assert folder.pid is None
+    finally:
+        folder.close()
