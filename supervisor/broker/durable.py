@@ -43,7 +43,9 @@ class DurableBroker(MemoryBroker):
         self._result_ttl = result_ttl_s
         self._failure_ttl = failure_ttl_s
         self._janitor_interval = janitor_interval_s
-        self._tls = threading.local()
+        # Rows of the request being served, written as one frame at its end. Only the holder of
+        # the broker's lock touches it, and serve_hot/exchange never wait while they hold it.
+        self._batch: list[tuple[Any, ...]] | None = None
         self._stop = threading.Event()
         self.log = logger.bind(component="broker")
         journal.migrate()
@@ -53,7 +55,7 @@ class DurableBroker(MemoryBroker):
 
     # -- the journal hook (called with the broker's lock held) ------------------------------
     def _changed(self, rec: TaskRecord) -> None:
-        batch = getattr(self._tls, "batch", None)
+        batch = self._batch
         if batch is not None:  # inside exchange(): one write for the report and the hand-out
             batch.append(snapshot(rec))
         else:
@@ -65,13 +67,13 @@ class DurableBroker(MemoryBroker):
         # journaled in one write, under the broker's (reentrant) lock so that the log keeps the
         # broker's order. Only when nothing is ready does it wait, as a plain pop.
         with self._cond:
-            self._tls.batch = []
+            self._batch = []
             try:
                 if report is not None:
                     self.report(consumer, report)
                 msg = super().pop(consumer, 0.0)
             finally:
-                rows, self._tls.batch = self._tls.batch, None
+                rows, self._batch = self._batch, None
                 if rows:
                     self._journal.write_many(rows)
         return msg if msg is not None else self.pop(consumer, wait_s)
@@ -83,11 +85,11 @@ class DurableBroker(MemoryBroker):
         # task to a parked worker, or a report and the next hand-out. It is made before the lock
         # is released (the log keeps the broker's order) and before anyone is answered.
         with self._cond:
-            self._tls.batch = []
+            self._batch = []
             try:
                 result, error, handoffs = super().serve_hot(method, args, kwargs, sink)
             finally:
-                rows, self._tls.batch = self._tls.batch, None
+                rows, self._batch = self._batch, None
             if rows:
                 try:
                     self._journal.write_many(rows)
