@@ -37,7 +37,14 @@ class SchedulerChild:
         self.log = logger.bind(component="master")
 
     def start(self, now: float) -> int:
-        self.pid = self._make().start()
+        """Fork the scheduler process; 0 if fork failed (it is tried again after a backoff)."""
+        try:
+            self.pid = self._make().start()
+        except OSError as exc:  # EAGAIN at a pid limit, ENOMEM: the master must not die of it
+            delay = self.backoff.crashed()
+            self.spawn_after = now + delay
+            self.log.error("cannot fork the scheduler ({}); trying again in {:.1f} s", exc, delay)
+            return 0
         self.started_at = now
         self.spawn_after = None
         self.log.debug("forked scheduler pid {}", self.pid)

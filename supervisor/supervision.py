@@ -90,7 +90,8 @@ class WorkerPool:
         raise NotImplementedError
 
     # -- children ----------------------------------------------------------------------------
-    def spawn_worker(self, slot: int, now: float) -> int:
+    def spawn_worker(self, slot: int, now: float) -> int | None:
+        """Fork a worker into ``slot``; None if fork failed (the slot then backs off)."""
         s = self.settings
         worker = Worker(
             slot=slot,
@@ -110,7 +111,18 @@ class WorkerPool:
         )
         self.scoreboard.reset(slot, 0, now)
         with self.signals.blocked():
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # EAGAIN at a pid limit, ENOMEM: try again later, not die
+                state = self.slots.setdefault(
+                    slot, SlotState(SlotBackoff(cap_s=s.restart_backoff_cap))
+                )
+                delay = state.backoff.crashed()
+                state.spawn_after = now + delay
+                self.log.bind(worker=slot).error(
+                    "cannot fork a worker ({}); trying again in {:.1f} s", exc, delay
+                )
+                return None
             if pid == 0:
                 worker.run()  # never returns
         self.scoreboard.reset(slot, pid, now)
@@ -311,7 +323,8 @@ class WorkerPool:
                 if st.spawn_after > now:
                     continue
                 pid = self.spawn_worker(slot, now)
-                active.append(self.workers[pid])
+                if pid is not None:
+                    active.append(self.workers[pid])
         elif len(active) > wanted:
 
             def idle_first(w: WorkerHandle) -> tuple[bool, int]:
@@ -331,7 +344,9 @@ class WorkerPool:
                 self.log.error("no free worker slot for a rolling replacement; skipped")
                 self.replace_pids.clear()
                 return
-            self.surge_pid = self.spawn_worker(slot, now)
+            state = self.slots.get(slot)
+            if state is None or state.spawn_after <= now:
+                self.surge_pid = self.spawn_worker(slot, now)
             return
         surge = self.workers.get(self.surge_pid)
         if surge is not None and self.scoreboard.read(surge.slot).state in (sb.IDLE, sb.BUSY):

@@ -47,3 +47,46 @@ def test_the_scoreboard_keeps_a_comparable_prefix_of_long_task_ids():
     board.reset(0, 1, 0.0)
     board.begin_task(0, long_id, "t", 0.0, 1.0)
     assert board.read(0).task_id == clip_id(long_id) == "x" * 100
+
+
+def test_a_failed_fork_backs_the_slot_off_instead_of_killing_the_master(monkeypatch):
+    from supervisor.config import Settings
+    from supervisor.registry import TaskRegistry
+    from supervisor.signals import SignalQueue
+    from supervisor.supervision import RUNNING
+
+    pool = WorkerPool()
+    pool.settings = Settings.defaults()
+    pool.registry = TaskRegistry()
+    pool.options = {}
+    pool.scoreboard = Scoreboard(2)
+    pool.signals = SignalQueue()
+    pool.run_files = type("Files", (), {"address": "/nonexistent", "authkey": b"k"})()  # type: ignore[assignment]
+    pool.log = logger
+    pool.workers, pool.slots, pool.desired = {}, {}, 1
+    pool.state, pool.replace_pids, pool.surge_pid = RUNNING, set(), None
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("supervisor.supervision.os.fork", no_fork)
+    assert pool.spawn_worker(0, now=100.0) is None
+    assert pool.workers == {} and pool.slots[0].spawn_after > 100.0
+    pool.manage_workers(now=100.0)  # still backing off: no new attempt, no exception
+    assert pool.workers == {}
+    first = pool.slots[0].spawn_after
+    pool.manage_workers(now=first)  # due: tries again, fails again, backs off longer
+    assert pool.slots[0].spawn_after - first > first - 100.0 - 1e-9
+
+
+def test_a_failed_scheduler_fork_is_retried_after_a_backoff():
+    from supervisor.scheduler_child import SchedulerChild
+
+    class NoFork:
+        def start(self) -> int:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    child = SchedulerChild(NoFork)
+    assert child.start(now=50.0) == 0
+    assert child.pid == 0 and child.spawn_after is not None and child.spawn_after > 50.0
+    assert child.next_wake(50.0) == child.spawn_after - 50.0
