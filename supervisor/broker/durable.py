@@ -28,6 +28,21 @@ from supervisor.errors import BrokerError, TaskError
 DAY_S = 86_400.0
 
 
+ROOM_BYTES = 1 << 20  # journal room made sure of before a hot call changes anything
+
+
+def _room_for(method: str, args: tuple[Any, ...]) -> int:
+    """An upper bound, in practice, of what one hot call appends: a push and its hand-over
+    carry the params twice; a report's errors are bounded (4 KB + 16 KB a failed attempt)."""
+    messages = args[0] if method == "push_many" and args else args[:1] if method == "push" else ()
+    params = 0
+    if isinstance(messages, list | tuple):
+        for m in messages:
+            if isinstance(m, dict) and isinstance(m.get("params"), bytes):
+                params += len(m["params"]) + 1024
+    return ROOM_BYTES + 2 * params
+
+
 class DurableBroker(MemoryBroker):
     def __init__(
         self,
@@ -85,6 +100,10 @@ class DurableBroker(MemoryBroker):
         # task to a parked worker, or a report and the next hand-out. It is made before the lock
         # is released (the log keeps the broker's order) and before anyone is answered.
         with self._cond:
+            try:  # a full disk refuses the call here, before anything changed in memory
+                self._journal.ensure_room(_room_for(method, args))
+            except BrokerError as exc:
+                return None, exc, []
             self._batch = []
             try:
                 result, error, handoffs = super().serve_hot(method, args, kwargs, sink)

@@ -171,6 +171,23 @@ class Journal:
         cannot be written (the change is then not safe, and the caller says so)."""
         self.write_many([row])
 
+    def ensure_room(self, n: int) -> None:
+        """Make sure the next ``n`` bytes can be appended without opening a file, opening one
+        now if need be; raises BrokerError if that fails (a full disk) or the journal is closing.
+
+        The broker calls it before it changes anything, so that a journal that cannot take the
+        change refuses the call cleanly instead of after the change was made in memory."""
+        with self._lock:
+            if self._closing:
+                raise BrokerError("the broker is shutting down; the change was not accepted")
+            if self._file_bytes + n <= self._size:
+                return
+            try:
+                self._open(self._file_no + 1, at_least=n)
+            except OSError as exc:
+                self.log.error("journal cannot grow: {}", exc)
+                raise BrokerError(f"the task journal cannot be written: {exc}") from None
+
     def write_many(self, rows: list[Row]) -> None:
         data = frame(rows)
         with self._lock:

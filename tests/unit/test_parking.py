@@ -158,3 +158,27 @@ def test_a_push_and_its_hand_over_are_one_journal_write(tmp_path: Path):
         assert b._journal.get(task_id).status == "running"
     finally:
         b.close()
+
+
+def test_a_full_disk_refuses_a_push_before_anything_changes(tmp_path: Path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    b = DurableBroker(journal=open_journal(url, run_dir=str(tmp_path)))
+    try:
+        sink = Sink()
+        park(b, A, sink)
+        journal = b._journal
+
+        def no_space(*args: Any, **kwargs: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(journal, "_size", journal._file_bytes + 100)  # the log file is full
+            m.setattr(journal, "_open", no_space)
+            result, error, handoffs = b.serve_hot("push", (task(task_id="t1"),), {}, Sink())
+        assert result is None and handoffs == []
+        assert "No space left on device" in str(error)
+        assert b.get_task("t1") is None and b.queue_size() == 0 and sink.got == []
+        task_id, _ = push(b, task(task_id="t1"))  # room again: the same push goes through
+        assert task_id == "t1" and sink.got[0]["task_id"] == "t1"
+    finally:
+        b.close()
