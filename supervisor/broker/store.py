@@ -6,6 +6,7 @@ move time instead of sleeping. Expired keys are never returned; ``cleanup`` swee
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -37,11 +38,17 @@ def check_ttl(ttl: object) -> float | None:
 
 
 class MemoryStore:
-    """Thread-safe dict of ``key -> (value, expires_at)``."""
+    """Thread-safe dict of ``key -> (value, expires_at)``.
+
+    Keys with a TTL are also in a heap by expiry, so a sweep costs what expired, not the whole
+    store (it runs on every ``stats()``, i.e. every metrics scrape). The heap may hold stale
+    entries (a key set again or deleted): they are skipped when popped, and the heap is rebuilt
+    when they outnumber the live keys."""
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._expiry: list[tuple[float, str]] = []  # (expires_at, key), a heap
         self._lock = threading.Lock()
 
     def _live(self, key: str, now: float) -> tuple[bytes, float | None] | None:
@@ -61,6 +68,11 @@ class MemoryStore:
         with self._lock:
             expires = None if ttl is None else self._clock() + ttl
             self._data[key] = (value, expires)
+            if expires is not None:
+                heapq.heappush(self._expiry, (expires, key))
+                if len(self._expiry) > 2 * len(self._data) + 1024:
+                    self._expiry = [(e, k) for k, (_, e) in self._data.items() if e is not None]
+                    heapq.heapify(self._expiry)
 
     def get_public(self, key: str) -> bytes | None:
         check_key(key)
@@ -80,12 +92,18 @@ class MemoryStore:
             return self._live(key, self._clock()) is not None and self._data.pop(key) is not None
 
     def cleanup(self) -> int:
+        """Remove every expired key; return how many."""
+        removed = 0
         with self._lock:
             now = self._clock()
-            dead = [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]
-            for k in dead:
-                del self._data[k]
-            return len(dead)
+            heap = self._expiry
+            while heap and heap[0][0] <= now:
+                _, key = heapq.heappop(heap)
+                item = self._data.get(key)
+                if item is not None and item[1] is not None and item[1] <= now:
+                    del self._data[key]
+                    removed += 1
+            return removed
 
     def get_store_size(self) -> int:
         self.cleanup()
@@ -100,3 +118,4 @@ class MemoryStore:
     def clear_store(self) -> None:
         with self._lock:
             self._data.clear()
+            self._expiry.clear()

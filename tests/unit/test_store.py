@@ -139,3 +139,25 @@ def test_good_ttls_are_accepted(store: MemoryStore, clock, ttl: float) -> None:
 def test_values_must_arrive_pickled(store: MemoryStore) -> None:
     with pytest.raises(StoreError, match="str"):
         store.set_public("k", "not bytes")  # type: ignore[arg-type]
+
+
+def test_a_key_set_again_is_swept_by_its_latest_ttl_only(store: MemoryStore, clock) -> None:
+    store.set_public("k", b"1", ttl=10)
+    store.set_public("k", b"2", ttl=100)  # the first expiry is stale now
+    store.set_public("gone", b"x", ttl=10)
+    store.delete_public("gone")
+    store.set_public("forever", b"x", ttl=10)
+    store.set_public("forever", b"y")  # no TTL any more
+    clock.advance(50)
+    assert store.cleanup() == 0
+    assert store.get_public("k") == b"2" and store.get_public("forever") == b"y"
+    clock.advance(60)
+    assert store.cleanup() == 1 and store.list_keys() == ["forever"]
+
+
+def test_the_expiry_index_stays_bounded_when_keys_are_rewritten(store: MemoryStore, clock):
+    for i in range(20_000):
+        store.set_public("hot", str(i).encode(), ttl=60)
+    assert len(store._expiry) <= 2 * len(store._data) + 1024 + 1
+    clock.advance(61)
+    assert store.get_store_size() == 0
