@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
 from bench import baselines, machine, ours  # noqa: E402
 from bench.machine import CpuWindow  # noqa: E402
 
-FULL = {"noop": 10_000, "cpu": 400, "latency": 300}
-QUICK = {"noop": 1_000, "cpu": 40, "latency": 50}
+FULL = {"noop": 10_000, "cpu": 400, "latency": 300, "repeats": 3}
+QUICK = {"noop": 1_000, "cpu": 40, "latency": 50, "repeats": 1}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,7 +75,8 @@ class Runner:
 def measure(
     counts: dict[str, int], batch: int, durability: str
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Every figure once; each baseline right before the figure it is compared with, so that a
+    """Every figure once, but (b) and its Pool baseline three times in turns (medians); each
+    baseline right before the figure it is compared with, so that a
     burst of other people's load hits both of a pair rather than one."""
     run = Runner()
     r = run.results
@@ -95,22 +96,37 @@ def measure(
         f"(a) supervisor no-op x{noop}, pushed one at a time",
         lambda: ours.throughput(noop, durability=durability),
     )
-    r["pool_noop_c1"] = run(
-        "pool_noop_c1",
-        f"Pool(2) no-op x{noop}, chunksize=1",
-        lambda: baselines.pool_noop(noop, chunksize=1),
-    )
+    # (b) and its baseline: one Pool figure lasts 0.2-0.4 s and reads anywhere from 23,000 to
+    # 73,000/s here within an hour, so both are the median of a few runs, taken in turns.
+    pool_runs: list[float] = []
+    b_runs: list[ours.Throughput] = []
+    repeats = counts["repeats"]
+    for i in range(repeats):
+        pool_runs.append(
+            run(
+                "pool_noop_c1",
+                f"Pool(2) no-op x{noop}, chunksize=1 ({i + 1} of {repeats})",
+                lambda: baselines.pool_noop(noop, chunksize=1),
+            )
+        )
+        b_runs.append(
+            run(
+                "b",
+                f"(b) supervisor no-op x{noop}, push_tasks batches of {batch} "
+                f"({i + 1} of {repeats})",
+                lambda: ours.throughput(noop, batch=batch, durability=durability),
+            )
+        )
+    r["pool_noop_c1"] = statistics.median(pool_runs)
+    r["pool_noop_c1_runs"] = pool_runs
+    b = sorted(b_runs, key=lambda t: t.tasks_per_s)[len(b_runs) // 2]
+    r["b_runs"] = [t.tasks_per_s for t in b_runs]
     r["pool_noop_default"] = run(
         "pool_noop_default",
         f"Pool(2) no-op x{noop}, Pool.map default",
         lambda: baselines.pool_noop(noop, chunksize=None),
     )
     r["pool_default_chunksize"] = baselines.pool_default_chunksize(noop)
-    b = run(
-        "b",
-        f"(b) supervisor no-op x{noop}, push_tasks batches of {batch}",
-        lambda: ours.throughput(noop, batch=batch, durability=durability),
-    )
     r["pool_cpu"] = run("pool_cpu", f"Pool(2) cpu x{cpu}", lambda: baselines.pool_cpu(cpu, n))
     c = run(
         "c",
@@ -192,7 +208,8 @@ def report(r: dict[str, Any], others: dict[str, float], counts: dict[str, int], 
         (
             "pool_noop_c1",
             "baseline",
-            f"Pool(2) no-op x{noop}, imap_unordered chunksize=1",
+            f"Pool(2) no-op x{noop}, imap_unordered chunksize=1, median of "
+            + ", ".join(f"{x / 1000:.1f}k" for x in r["pool_noop_c1_runs"]),
             f"{r['pool_noop_c1']:,.0f} tasks/s",
         ),
         (
@@ -204,8 +221,8 @@ def report(r: dict[str, Any], others: dict[str, float], counts: dict[str, int], 
         (
             "b",
             "(b) ours",
-            f"no-op x{noop}, push_tasks in batches of {batch} "
-            f"(pushing {r['b_push_s']:.2f} s of {r['b_elapsed_s']:.2f} s)",
+            f"no-op x{noop}, push_tasks in batches of {batch}, median of "
+            + ", ".join(f"{x / 1000:.1f}k" for x in r["b_runs"]),
             f"{r['b']:,.0f} tasks/s",
         ),
         (
