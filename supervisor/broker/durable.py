@@ -20,7 +20,6 @@ from loguru import logger
 from supervisor.broker import base
 from supervisor.broker.journal import snapshot, task_record
 from supervisor.broker.memory import MemoryBroker
-from supervisor.broker.parking import PARKED, Handoff, Sink
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.tasklog import Journal
 from supervisor.errors import BrokerError, TaskError
@@ -93,30 +92,22 @@ class DurableBroker(MemoryBroker):
                     self._journal.write_many(rows)
         return msg if msg is not None else self.pop(consumer, wait_s)
 
-    def serve_hot(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], sink: Sink
-    ) -> tuple[Any, BaseException | None, list[Handoff]]:
-        # One journal write per request, whatever it changed: a push and the hand-over of that
-        # task to a parked worker, or a report and the next hand-out. It is made before the lock
-        # is released (the log keeps the broker's order) and before anyone is answered.
-        with self._cond:
-            try:  # a full disk refuses the call here, before anything changed in memory
-                self._journal.ensure_room(_room_for(method, args))
-            except BrokerError as exc:
-                return None, exc, []
-            self._batch = []
+    # One journal write per request, whatever it changed: a push and the hand-over of that task
+    # to a parked worker, or a report and the next hand-out. It is made before the lock is
+    # released (the log keeps the broker's order) and before anyone is answered; and the room
+    # for it is made sure of before anything changes, so a full disk refuses the call cleanly.
+    def _begin_changes(self, method: str, args: tuple[Any, ...]) -> None:
+        self._journal.ensure_room(_room_for(method, args))
+        self._batch = []
+
+    def _end_changes(self) -> BaseException | None:
+        rows, self._batch = self._batch, None
+        if rows:
             try:
-                result, error, handoffs = super().serve_hot(method, args, kwargs, sink)
-            finally:
-                rows, self._batch = self._batch, None
-            if rows:
-                try:
-                    self._journal.write_many(rows)
-                except BrokerError as exc:  # not safe: say so (a full disk, say)
-                    if result is PARKED:
-                        self._parked.pop(args[0], None)
-                    result, error = None, exc
-        return result, error, handoffs
+                self._journal.write_many(rows)
+            except BrokerError as exc:
+                return exc
+        return None
 
     def retry_task(self, task_id: str) -> bool:
         with self._cond:
@@ -242,5 +233,6 @@ class DurableBroker(MemoryBroker):
         return n
 
     def close(self) -> None:
+        self.stop_dispatcher()
         self._stop.set()
         self._journal.close()

@@ -16,7 +16,8 @@ checksum does not match at the end of the live file is one being written: it is 
 Protocol (lines on stdin/stdout): the broker writes the database URL and its own pid first (the
 URL is secret-bearing: never on the command line), then ``fold`` whenever it wants the table up
 to date (at least once a second), answered ``ok N`` (rows written) or ``error TEXT``; ``exit`` or
-the end of stdin stops the process. It dies with the broker (``PR_SET_PDEATHSIG``).
+the end of stdin stops the process: that is how it learns that the broker died, even by
+``kill -9`` (``PR_SET_PDEATHSIG`` would follow the thread that started it, not the broker).
 """
 
 from __future__ import annotations
@@ -317,7 +318,8 @@ def main() -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)  # the broker decides when we stop
-    osutil.die_with_parent()
+    # No PR_SET_PDEATHSIG: it fires when the *thread* that started us ends (a connection
+    # thread of the broker, say), not the broker. The end of stdin is the broker's death.
     url = sys.stdin.readline().strip()
     parent = sys.stdin.readline().strip()
     base = Path(sys.argv[1])

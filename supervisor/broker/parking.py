@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
 from supervisor.broker import base
 
 Sink = Callable[[Any], None]  # sends one answer on a parked consumer's connection
@@ -69,6 +71,7 @@ class ParkingMixin:
         self._dispatch_wake = threading.Event()
         self._dispatch_at = math.inf  # time.monotonic() of the dispatcher's next look
         self._dispatcher: threading.Thread | None = None
+        self._dispatch_stopped = False
 
     # -- the server's entry point ------------------------------------------------------------
     def serve_hot(
@@ -81,6 +84,10 @@ class ParkingMixin:
         result: Any = None
         error: BaseException | None = None
         with self._cond:
+            try:  # the durable broker makes sure its journal can take the change, first
+                self._begin_changes(method, args)
+            except Exception as exc:
+                return None, exc, []
             self._serving.active = True
             try:
                 if method == "exchange":
@@ -93,7 +100,19 @@ class ParkingMixin:
                 handoffs = self._hand_over() if self._handoff else []
             finally:
                 self._serving.active = False
+                failed = self._end_changes()
+            if failed is not None:  # not safe: say so (hand-overs still go: they were made)
+                if result is PARKED:
+                    self._parked.pop(args[0], None)
+                result, error = None, failed
         return result, error, handoffs
+
+    def _begin_changes(self, method: str, args: tuple[Any, ...]) -> None:
+        """Before a call changes anything (lock held); raises if it must not. In memory: no-op."""
+
+    def _end_changes(self) -> BaseException | None:
+        """After the call (lock held): make its changes safe; the error if that failed."""
+        return None
 
     def deliver(self, handoffs: list[Handoff]) -> None:
         """Send hand-overs (outside the lock); a task whose consumer is gone goes back first in
@@ -181,11 +200,16 @@ class ParkingMixin:
 
     # -- the dispatcher thread ---------------------------------------------------------------
     def _dispatch_loop(self) -> None:
-        while True:
-            with self._cond:
-                handoffs = self._dispatch_once(time.monotonic())
-                sleep = self._dispatch_at - time.monotonic()
-            self.deliver(handoffs)
+        log = logger.bind(component="broker")
+        while not self._dispatch_stopped:
+            sleep = 1.0
+            try:
+                with self._cond:
+                    handoffs = self._dispatch_once(time.monotonic())
+                    sleep = self._dispatch_at - time.monotonic()
+                self.deliver(handoffs)
+            except Exception as exc:  # never die: parked workers depend on this thread
+                log.opt(exception=exc).error("dispatcher: {} (going on)", exc)
             self._dispatch_wake.wait(min(max(0.0, sleep), MAX_SLEEP_S))
             self._dispatch_wake.clear()  # state is read under the lock after this: none lost
 
@@ -193,7 +217,22 @@ class ParkingMixin:
         """Hand over, answer expired waits; set when to look next (lock held)."""
         now = self._clock()
         self._promote(now)
-        handoffs = self._hand_over()
+        handoffs: list[Handoff] = []
+        try:
+            self._begin_changes("dispatch", ())
+        except Exception as exc:  # the journal cannot take a hand-over now: only answer waits
+            logger.bind(component="broker").error("dispatcher cannot hand tasks over: {}", exc)
+            retry_at = now_m + 1.0
+        else:
+            retry_at = math.inf
+            try:
+                handoffs = self._hand_over()
+            finally:
+                failed = self._end_changes()
+            if failed is not None:
+                logger.bind(component="broker").error(
+                    "hand-overs not journaled (they still go): {}", failed
+                )
         for consumer, parked in list(self._parked.items()):
             if not self._dispatching or parked.deadline <= now_m:
                 del self._parked[consumer]
@@ -201,12 +240,14 @@ class ParkingMixin:
         nearest = min((p.deadline for p in self._parked.values()), default=math.inf)
         if self._parked and self._delayed:
             nearest = min(nearest, now_m + max(0.0, self._delayed[0][0] - now))
-        self._dispatch_at = nearest
+        self._dispatch_at = min(nearest, retry_at)
         return handoffs
 
     def stop_dispatcher(self) -> None:
-        """Answer every parked consumer None now (the broker is closing)."""
+        """Stop the dispatcher and answer every parked consumer None now (the broker closes)."""
         with self._cond:
+            self._dispatch_stopped = True
+            self._dispatch_wake.set()
             handoffs = [(c, p.sink, None) for c, p in self._parked.items()]
             self._parked.clear()
         with contextlib.suppress(Exception):

@@ -162,7 +162,10 @@ class Journal:
         return self.table.counts()
 
     def delete(self, where: Any) -> int:
-        self.fold()  # a row folded after the delete would bring a deleted task back
+        # Everything logged so far is folded, and its file completed (and so deleted by the
+        # folder) first: a frame folded again after the delete (a restarted folder re-reads the
+        # live file from its start) would bring a deleted task back.
+        self.fold(rotate=True)
         return self.table.delete(where)
 
     # -- writing ----------------------------------------------------------------------------
@@ -209,11 +212,12 @@ class Journal:
             self.appends += 1
 
     # -- folding into the table -------------------------------------------------------------
-    def fold(self) -> int:
-        """Write every appended snapshot to the table now; return how many rows."""
+    def fold(self, *, rotate: bool = False) -> int:
+        """Write every appended snapshot to the table now; return how many rows. ``rotate``:
+        start a new log file first if the current one holds anything."""
         with self._fold_lock:
             with self._lock:
-                if self._file_bytes >= self.rotate_bytes:
+                if self._file_bytes >= self.rotate_bytes or (rotate and self._file_bytes):
                     self._open(self._file_no + 1)  # the folder deletes the full one
             n = self._folder.fold()
             self.folds += 1

@@ -143,3 +143,42 @@ def test_after_repeated_failed_starts_the_fold_runs_in_this_process(
         assert folder.pid is None
     finally:
         folder.close()
+
+
+def test_a_purged_task_stays_purged_when_the_folder_starts_again(tmp_path: Path):
+    import pickle
+
+    from supervisor.broker.durable import DurableBroker
+    from supervisor.broker.tasklog import open_journal
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    b = DurableBroker(journal=open_journal(url, run_dir=str(tmp_path), fold_process=True))
+    try:
+        tid = b.push({"type": "t", "params": pickle.dumps({})})
+        b.exchange("worker:0:1", None, 0)
+        b.exchange("worker:0:1", (tid, "succeeded", 1), 0)
+        assert b.purge("succeeded", -10) == 1
+        folder = b._journal._folder
+        os.kill(folder.pid, signal.SIGKILL)  # the next one reads every log file from the start
+        psutil.Process(folder.pid).wait(10)
+        assert b.get_queue_stats() == {} and b.get_task(tid) is None
+    finally:
+        b.close()
+
+
+def test_the_folder_outlives_the_thread_that_started_it(tmp_path: Path, table: TaskTable):
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    folder = FoldProcess(url, tmp_path / "log")
+    try:
+        t = threading.Thread(target=folder.fold)  # e.g. an HTTP request's thread
+        t.start()
+        t.join()
+        pid = folder.pid
+        assert pid is not None
+        with pytest.raises(psutil.TimeoutExpired):
+            psutil.Process(pid).wait(0.5)  # still there after its starter ended
+        assert folder.fold() == 0 and folder.pid == pid
+    finally:
+        folder.close()

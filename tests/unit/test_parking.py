@@ -182,3 +182,28 @@ def test_a_full_disk_refuses_a_push_before_anything_changes(tmp_path: Path, monk
         assert task_id == "t1" and sink.got[0]["task_id"] == "t1"
     finally:
         b.close()
+
+
+def test_the_dispatcher_survives_a_full_disk_and_leaves_no_worker_holding_a_lost_task(
+    tmp_path: Path,
+):
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    b = DurableBroker(journal=open_journal(url, run_dir=str(tmp_path)))
+    try:
+        assert push(b, task(task_id="late", delay=0.2))[1] == []
+        sink = Sink()
+        park(b, A, sink)
+        journal = b._journal
+        real_open, real_size = journal._open, journal._size
+
+        def no_space(*args: Any, **kwargs: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        journal._size, journal._open = journal._file_bytes + 10, no_space  # the disk is full
+        wait_until(lambda: b.get_task("late")["status"] == "queued", 10, what="'late' due")
+        assert b._held.get(A) is None and A in b._parked  # nothing taken that was not safe
+        journal._size, journal._open = real_size, real_open  # room again
+        assert sink.event.wait(10), "the dispatcher stopped handing tasks over"
+        assert sink.got[0]["task_id"] == "late" and b._dispatcher.is_alive()
+    finally:
+        b.close()
