@@ -81,15 +81,15 @@ class DurableBroker(MemoryBroker):
         # journaled in one write, under the broker's (reentrant) lock so that the log keeps the
         # broker's order. Only when nothing is ready does it wait, as a plain pop.
         with self._cond:
-            self._batch = []
+            self._begin_changes("exchange", ())
             try:
                 if report is not None:
                     self.report(consumer, report)
                 msg = super().pop(consumer, 0.0)
             finally:
-                rows, self._batch = self._batch, None
-                if rows:
-                    self._journal.write_many(rows)
+                failed = self._end_changes()
+            if failed is not None:
+                raise failed
         return msg if msg is not None else self.pop(consumer, wait_s)
 
     # One journal write per request, whatever it changed: a push and the hand-over of that task

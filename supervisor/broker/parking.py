@@ -168,7 +168,7 @@ class ParkingMixin:
             self._wake_dispatcher_by(time.monotonic() + max(0.0, eta - self._clock()))
 
     def _parking_changed(self) -> None:
-        """Dispatching was switched, or consumers released (lock held)."""
+        """Dispatching was switched on or off (lock held): the dispatcher answers or hands over."""
         if self._parked:
             self._dispatch_wake.set()
 

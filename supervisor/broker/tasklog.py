@@ -43,8 +43,6 @@ from supervisor.broker.records import TaskRecord
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
 
-_FRAME = FRAME
-
 
 def read_log(path: Path) -> tuple[list[Row], bool]:
     """Every row in the log file at ``path``, in order; and whether it ended cleanly."""
@@ -126,7 +124,7 @@ class Journal:
 
     def _open(self, number: int, at_least: int = 0) -> None:
         """Map a new, zero-filled log file; the folder deletes the current one once folded."""
-        size = max(self.map_bytes, at_least + _FRAME.size)
+        size = max(self.map_bytes, at_least + FRAME.size)
         fd = os.open(self._path(number), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             # Reserve the blocks now: writing into a sparse mapping on a full disk would kill the
