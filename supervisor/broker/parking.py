@@ -121,8 +121,17 @@ class ParkingMixin:
             try:
                 sink(msg)
             except (OSError, EOFError, ValueError):
-                if msg is not None:
+                if msg is None:
+                    continue
+                try:
                     self.undeliverable(consumer, msg["task_id"])
+                except Exception as exc:  # the others must still get theirs
+                    logger.bind(component="broker").error(
+                        "task {} of departed consumer {} not put back: {}",
+                        msg["task_id"],
+                        consumer,
+                        exc,
+                    )
 
     def unpark(self, consumer: str, sink: Sink) -> None:
         """The connection of a parked consumer closed: forget it (if it is still that one)."""

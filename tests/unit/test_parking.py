@@ -207,3 +207,28 @@ def test_the_dispatcher_survives_a_full_disk_and_leaves_no_worker_holding_a_lost
         assert sink.got[0]["task_id"] == "late" and b._dispatcher.is_alive()
     finally:
         b.close()
+
+
+def test_a_failure_putting_back_one_undeliverable_task_does_not_stop_the_others(
+    tmp_path: Path,
+):
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    b = DurableBroker(journal=open_journal(url, run_dir=str(tmp_path)))
+    try:
+        gone, alive = Sink(fail=True), Sink()
+        park(b, A, gone)
+        park(b, B, alive)
+        result, error, handoffs = b.serve_hot("push_many", ([task(), task()],), {}, Sink())
+        assert error is None and [c for c, _, _ in handoffs] == [A, B]
+        journal = b._journal
+
+        def no_space(*args: Any, **kwargs: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        real_open, real_size = journal._open, journal._size
+        journal._size, journal._open = journal._file_bytes + 10, no_space  # putting back fails
+        b.deliver(handoffs)
+        journal._size, journal._open = real_size, real_open
+        assert alive.got and alive.got[0]["task_id"] == result[1]
+    finally:
+        b.close()
