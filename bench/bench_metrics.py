@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from supervisor import connect  # noqa: E402
 from supervisor.broker import base  # noqa: E402
-from supervisor.broker.memory import MemoryBroker  # noqa: E402
+from supervisor.broker.embedded.memory import MemoryBroker  # noqa: E402
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 TARGET_MS = 50.0
@@ -194,7 +194,7 @@ def run_figures(
 
     def ready() -> bool:
         assert proc.poll() is None, "the master exited"
-        workers = q._caller.call("get_status")["master"].get("workers", [])
+        workers = q.broker.get_status()["master"].get("workers", [])
         return len(workers) == args.workers and all(w["state"] == "idle" for w in workers)
 
     poll(ready, 120, f"{args.workers} idle workers")

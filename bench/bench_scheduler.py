@@ -48,10 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
-from supervisor.broker.client import BrokerClient  # noqa: E402
-from supervisor.broker.memory import MemoryBroker  # noqa: E402
-from supervisor.broker.server import start_broker_process  # noqa: E402
-from supervisor.queue import Queue  # noqa: E402
+from supervisor.broker.embedded.memory import MemoryBroker  # noqa: E402
+from supervisor.broker.embedded.server import start_broker_process  # noqa: E402
+from supervisor.client.proxy import BrokerClient  # noqa: E402
+from supervisor.client.queue import Queue  # noqa: E402
 from supervisor.scheduling import ScheduleSpec, ScheduleStore, make_engine, make_spec  # noqa: E402
 from supervisor.scheduling.models import scheduler_task  # noqa: E402
 from supervisor.scheduling.policy import first_fire, interval_anchor  # noqa: E402
@@ -66,8 +66,8 @@ LAG_TARGET_S, CPU_TARGET = 0.050, 0.02
 def make_broker(kind: str, url: str) -> MemoryBroker:
     if kind == "memory":
         return MemoryBroker(task_types=None)
-    from supervisor.broker.durable import DurableBroker
-    from supervisor.broker.tasklog import open_journal
+    from supervisor.broker.embedded.durable import DurableBroker
+    from supervisor.broker.embedded.journal import open_journal
 
     return DurableBroker(
         journal=open_journal(url, run_dir=os.path.dirname(url[10:])), task_types=None
@@ -189,7 +189,7 @@ class Rig:
         self.ps = psutil.Process(self.pid)
 
     def status(self) -> dict[str, Any] | None:
-        doc, _age_s = self.client.call("scheduler_status")  # published about once a second
+        doc, _age_s = self.client.scheduler_status()  # published about once a second
         return doc or None
 
     def wait_ready(self, timeout_s: float = 60) -> dict[str, Any]:

@@ -150,7 +150,7 @@ class Master:
     def call(self, method: str, *args: Any) -> Any:
         """A broker call the public Queue does not offer (``get_status``), as the CLI makes it."""
         assert self.queue is not None
-        return self.queue._caller.call(method, *args)
+        return getattr(self.queue.broker, method)(*args)
 
     def broker_pid(self) -> int | None:
         """The broker process: the master's child listening on the run folder's socket."""

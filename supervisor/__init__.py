@@ -3,7 +3,8 @@
 The public API; importing it starts nothing.
 """
 
-from supervisor.compat import (
+from supervisor.client.queue import MemoryQueue, Queue
+from supervisor.client.seed import (
     cleanup,
     clear_store,
     connect,
@@ -21,7 +22,6 @@ from supervisor.compat import (
     task_done,
 )
 from supervisor.config import Settings, load_settings
-from supervisor.context import TaskContext, cancel_requested, current_task
 from supervisor.errors import (
     Cancelled,
     ExitCode,
@@ -30,8 +30,8 @@ from supervisor.errors import (
     SoftTimeLimitExceeded,
     SupervisorError,
 )
-from supervisor.queue import MemoryQueue, Queue
 from supervisor.registry import TaskOptions, TaskRegistry
+from supervisor.worker.context import TaskContext, cancel_requested, current_task
 
 __version__ = "0.1.0"
 

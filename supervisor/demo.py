@@ -13,8 +13,8 @@ from typing import Any
 
 from loguru import logger
 
-from supervisor.context import current_task
 from supervisor.registry import TaskRegistry
+from supervisor.worker.context import current_task
 
 app = TaskRegistry()
 log = logger.bind(component="demo")
@@ -56,7 +56,7 @@ def noop(params: dict[str, Any]) -> None:
 @app.task("produce", timeout_s=10, priority=8)
 def produce(params: dict[str, Any]) -> int:
     """Push a mixed batch, then re-queue itself ``every`` seconds later (``rounds`` times)."""
-    from supervisor.compat import get_queue
+    from supervisor.client.seed import get_queue
 
     q = get_queue()
     batch = int(params.get("batch", 10))

@@ -53,6 +53,11 @@ class BrokerError(SupervisorError):
     """The broker could not be reached, refused the auth key, or did not answer in time."""
 
 
+class DatabaseBusy(BrokerError):
+    """The task table is locked by another process (a backup, a migration) or unreachable: the
+    answer would be wrong, so none is given. Retry once the lock is gone; nothing was lost."""
+
+
 class StoreError(SupervisorError):
     """A public-store call got a bad key or TTL."""
 

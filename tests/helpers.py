@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -41,3 +41,24 @@ def require_service(ok: bool, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: integration tests must not be skipped)")
     pytest.skip(reason)
+
+
+class BrokerSpy:
+    """Wraps a broker for a test: records the name of each call made through it; a keyword
+    argument ``name=function`` answers that call instead of the broker."""
+
+    def __init__(self, broker: Any, **answers: Callable[..., Any]) -> None:
+        self._broker = broker
+        self._answers = answers
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        target = self._answers.get(name) or getattr(self._broker, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return target(*args, **kwargs)
+
+        return call

@@ -1,8 +1,14 @@
-"""The broker contract: a priority task queue with delays and leases, and a public key/value store.
+"""The broker contract: a priority task queue with delays and leases, task records and control,
+a public key/value store, and a status board.
 
-Two implementations satisfy it: :class:`~supervisor.broker.memory.MemoryBroker` (embedded, served
-to every process by the manager in :mod:`supervisor.broker.server`) and, later, Redis. The same
-contract tests run against each.
+Every caller (the seed API's :class:`~supervisor.client.queue.Queue`, the worker, the master, the
+scheduler's pusher, the CLI) programs against :class:`Broker`, split by role into
+:class:`TaskQueue`, :class:`TaskControl`, :class:`PublicStore` and :class:`StatusBoard`.
+Implementations: the embedded broker (:mod:`supervisor.broker.embedded`: in memory or journaled,
+served to other processes by a manager) and Redis (:mod:`supervisor.broker.redis`). Remote
+callers hold a :class:`~supervisor.client.proxy.BrokerClient`, a typed proxy whose methods are
+exactly :data:`CONTRACT_METHODS`; the server exposes nothing else. ``tests/contract/`` runs the
+same tests over every implementation.
 
 Wire format. Task params and store values cross the wire as pickled ``bytes`` made by the client
 (:mod:`supervisor.payload`): the broker never unpickles user data, so a bad value cannot crash it
@@ -44,14 +50,29 @@ REASON_CANCELLED = "cancelled"  # a user cancelled it: finished as cancelled, ne
 REASON_SHUTDOWN = "shutdown"  # killed by the shutdown: requeued, the attempt not counted
 
 
-class Broker(abc.ABC):
-    """What every broker does. All methods are safe to call from many threads/processes."""
+class TaskQueue(abc.ABC):
+    """The queue and the task lifecycle: push, hand out (counting the attempt), report."""
 
-    # -- queue -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def configure(
+        self,
+        task_types: dict[str, Any] | None,
+        *,
+        default_options: Any = None,
+        max_payload_bytes: int | None = None,
+        finished_records: int | None = None,
+    ) -> None:
+        """Set the known task types (``{name: TaskOptions}``; None: accept any type) and the
+        limits. Called at start and on HUP; tasks already queued keep their place."""
+
     @abc.abstractmethod
     def push(self, message: dict[str, Any]) -> str:
         """Accept one task (``type``, ``params`` bytes, optional ``task_id``, ``priority``,
-        ``eta``); return its id. Raises TaskError for an unknown type or a duplicate live id."""
+        ``eta`` or ``delay``, ``unique_key``, ``schedule_id``, ``scheduled_at``); return its id.
+
+        Safe when it returns (journaled, or in Redis). A ``unique_key`` held by a live task
+        returns that task's id instead. Raises TaskError (UnknownTaskType, DuplicateTaskId) for
+        bad input, and changes nothing then."""
 
     @abc.abstractmethod
     def push_many(self, messages: list[dict[str, Any]]) -> list[str]:
@@ -59,26 +80,31 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
-        """Hand the highest-priority ready task to ``consumer``, waiting up to ``wait_s``.
+        """Hand the highest-priority ready task to ``consumer``, waiting up to ``wait_s``
+        (None: until one comes).
 
-        The attempt is counted here. Returns None on timeout or while dispatching is off."""
+        The attempt is counted here. Returns None on timeout or while dispatching is off.
+        Raises TaskError if ``consumer`` still holds a task it has not reported."""
 
     @abc.abstractmethod
     def report(self, consumer: str, report: Report) -> None:
-        """Record the outcome of a task that ``consumer`` held; applies the retry policy."""
+        """Record the outcome of the task ``consumer`` holds and apply the retry policy.
+
+        A report for a task the consumer no longer holds (released, timed out, recovered
+        elsewhere) changes nothing: a task is never recorded twice."""
 
     @abc.abstractmethod
     def exchange(
         self, consumer: str, report: Report | None, wait_s: float | None
     ) -> dict[str, Any] | None:
-        """``report`` then ``pop`` in one round trip (the worker's hot path)."""
+        """``report`` (if any) then ``pop`` in one round trip: the worker's hot path."""
 
     @abc.abstractmethod
     def release_consumer(
         self, consumer: str, reason: str, *, error: str = "", exit_status: int | None = None
     ) -> str | None:
         """The consumer is gone: fail the task it held with ``reason`` (``shutdown`` puts it
-        back without counting the attempt). Returns the task id it held, if any."""
+        back first in its lane without counting the attempt). Returns the task id, if any."""
 
     @abc.abstractmethod
     def set_dispatching(self, on: bool) -> None:
@@ -89,22 +115,62 @@ class Broker(abc.ABC):
         """Tasks ready to run now (not delayed, not running)."""
 
     @abc.abstractmethod
+    def maintain(self) -> dict[str, int]:
+        """Housekeeping, about once a second: promote due delayed tasks, expire leases of
+        external consumers, sweep the store. Returns counts of what it did."""
+
+
+class TaskControl(abc.ABC):
+    """Task records and control: read, list, count, cancel, retry, purge."""
+
+    @abc.abstractmethod
     def get_task(self, task_id: str) -> dict[str, Any] | None:
         """The task's record, or None when the id is unknown (never a guessed status)."""
+
+    @abc.abstractmethod
+    def list_tasks(
+        self,
+        status: str | None = None,
+        task_type: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Task records newest first, filtered by status, type and push time (epoch s)."""
+
+    @abc.abstractmethod
+    def get_queue_stats(self) -> dict[str, int]:
+        """Counts of task records by status (statuses with none left out)."""
+
+    @abc.abstractmethod
+    def cancel(self, task_id: str) -> str:
+        """``cancelled`` (it was waiting: removed at once), ``cancelling`` (it runs: its
+        master is told through :meth:`pending_cancels`), ``finished`` or ``unknown``."""
+
+    @abc.abstractmethod
+    def pending_cancels(self) -> list[tuple[str, str, float]]:
+        """(consumer, task id, requested at) of running tasks a user cancelled."""
 
     @abc.abstractmethod
     def retry_task(self, task_id: str) -> bool:
         """Queue a dead or cancelled task again with its attempts reset (history kept)."""
 
     @abc.abstractmethod
-    def stats(self) -> dict[str, Any]:
-        """Counts by status and priority, oldest queued age, store size, cumulative counters."""
+    def purge(self, status: str, older_than_s: float) -> int:
+        """Delete finished records of ``status`` finished more than ``older_than_s`` ago;
+        return how many. Raises TaskError for a status that is not final."""
 
     @abc.abstractmethod
-    def maintain(self) -> dict[str, int]:
-        """Periodic housekeeping: promote due delayed tasks, expire leases, sweep the store."""
+    def stats(self) -> dict[str, Any]:
+        """Counts by status and priority, oldest queued age, store size, cumulative counters.
 
-    # -- public store ------------------------------------------------------------------------
+        Keys: ``queued``, ``by_priority``, ``oldest_age_s``, ``scheduled``, ``retrying``,
+        ``running``, ``by_status``, ``store_keys``, ``dispatching``, ``counters``. Cheap: it is
+        scraped often."""
+
+
+class PublicStore(abc.ABC):
+    """The public key/value store with TTL (values are pickled bytes made by the client)."""
+
     @abc.abstractmethod
     def set_public(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, expiring after ``ttl`` seconds when given."""
@@ -132,3 +198,44 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def clear_store(self) -> None:
         """Remove every key."""
+
+
+class StatusBoard(abc.ABC):
+    """Where the master and the scheduler publish their status for ``supervisor status``."""
+
+    @abc.abstractmethod
+    def publish_status(self, status: dict[str, Any]) -> None:
+        """The master's view of its workers (replaces the previous one)."""
+
+    @abc.abstractmethod
+    def get_status(self) -> dict[str, Any]:
+        """``{"master": ..., "stats": ..., "scheduler": ... | None}``: what ``status`` shows."""
+
+    @abc.abstractmethod
+    def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
+        """The scheduler's status document (see :func:`supervisor.scheduling.status.status_doc`);
+        the board notes when it came. Raises TaskError when ``doc`` is not a dict."""
+
+    @abc.abstractmethod
+    def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
+        """The scheduler's last document and its age in seconds (None: never published)."""
+
+    @abc.abstractmethod
+    def ping(self) -> str:
+        """``"pong"``: the broker answers."""
+
+
+class Broker(TaskQueue, TaskControl, PublicStore, StatusBoard):
+    """The whole contract. All methods are safe to call from many threads and processes."""
+
+
+def contract_methods() -> frozenset[str]:
+    """The names of every method of the contract: what a proxy has, what a server exposes."""
+    return frozenset(
+        name
+        for cls in (TaskQueue, TaskControl, PublicStore, StatusBoard)
+        for name in cls.__abstractmethods__
+    )
+
+
+CONTRACT_METHODS = contract_methods()

@@ -1,7 +1,7 @@
 """Observability: Prometheus metrics and the ``/metrics``, ``/livez``, ``/readyz`` endpoints.
 
 Everything here runs in the broker process (which never forks), as a thread started by
-:func:`supervisor.observability.http.make_on_serve`: the master stays single-threaded. Metrics are
+:func:`supervisor.web.server.make_on_serve`: the master stays single-threaded. Metrics are
 computed at scrape time from the broker's counters and stats, the master's published status and
 the shared-memory scoreboard (see :mod:`supervisor.observability.collector`).
 """

@@ -27,9 +27,9 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from supervisor import scoreboard as sb
 from supervisor.broker import base
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.master import scoreboard as sb
 from supervisor.observability.histograms import (
     DURATION_BUCKETS_S,
     QUEUE_WAIT_BUCKETS_S,

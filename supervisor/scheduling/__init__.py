@@ -6,8 +6,8 @@ forked by the master) fires due schedules; any process manages them with
 """
 
 from supervisor.db import make_engine
-from supervisor.scheduling.api import Scheduler, get_scheduler
 from supervisor.scheduling.claim import FireOutcome
+from supervisor.scheduling.client import Scheduler, get_scheduler
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.models import SCHEMA_VERSION, migrate
 from supervisor.scheduling.policy import (

@@ -34,15 +34,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from supervisor import logs, osutil
-from supervisor.broker.client import BrokerClient
+from supervisor.client.proxy import BrokerClient
 from supervisor.db import make_engine
 from supervisor.errors import ExitCode
+from supervisor.master.signals import HANDLED
 from supervisor.scheduling import wake
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.service import SchedulerOptions, SchedulerService
 from supervisor.scheduling.spec import ScheduleSpec
 from supervisor.scheduling.store import ScheduleStore
-from supervisor.signals import HANDLED
 
 # Every signal the master handles is blocked around fork (the child unblocks after its setup).
 _BLOCKED = HANDLED
@@ -167,7 +167,7 @@ class SchedulerProcess:
         client = BrokerClient(self.address, self.authkey, timeout_s=10.0)
         service = SchedulerService(
             store=ScheduleStore(engine, known_task_types=self.task_types),
-            caller=client,
+            broker=client,
             task_types=self.task_types,
             config_schedules=self.config_schedules,
             database_label=label,

@@ -1,10 +1,10 @@
 """From a fired due time to a task in the broker, and which runs of a schedule are still live.
 
-:class:`BrokerPusher` turns the claim's fire messages into broker messages (params pickled by
-:func:`supervisor.queue.build_message`, plus ``schedule_id`` and ``scheduled_at``, which reach
-the handler as ``current_task().scheduled_at``) and pushes a batch in one round trip. A task id
-the broker already holds live (a fire pushed again after a crash) is "already pushed", not an
-error.
+:class:`BrokerPusher` turns the claim's fire messages into broker messages (params pickled
+by :func:`supervisor.client.queue.build_message`, plus ``schedule_id`` and ``scheduled_at``,
+which reach the handler as ``current_task().scheduled_at``) and pushes a batch in one round
+trip. A task id the broker already holds live (a fire pushed again after a crash) is "already
+pushed", not an error.
 
 :class:`InstanceTracker` answers ``active_instances(schedule_id)`` for ``max_instances``: it
 remembers the task ids this process pushed per schedule (after a restart: the schedule's latest
@@ -21,9 +21,9 @@ from typing import Any
 
 from loguru import logger
 
-from supervisor.broker.base import ACTIVE_STATUSES
+from supervisor.broker.base import ACTIVE_STATUSES, Broker
+from supervisor.client.queue import build_message
 from supervisor.errors import BrokerError, DuplicateTaskId, TaskError
-from supervisor.queue import Caller, build_message
 from supervisor.scheduling.status import LagHistogram
 
 _log = logger.bind(component="scheduler")
@@ -36,7 +36,8 @@ def is_duplicate(exc: BaseException) -> bool:
 
 
 class BrokerPusher:
-    """Pushes fire messages through ``caller`` (a :class:`~supervisor.broker.client.BrokerClient`).
+    """Pushes fire messages into ``broker`` (in the scheduler process, a
+    :class:`~supervisor.client.proxy.BrokerClient`).
 
     ``on_pushed(schedule_id, task_id)`` is told of every task the broker holds afterwards.
     ``lag`` observes push time - due time, in seconds, on ``clock``.
@@ -44,13 +45,13 @@ class BrokerPusher:
 
     def __init__(
         self,
-        caller: Caller,
+        broker: Broker,
         *,
         max_payload_bytes: int | None = 1 << 20,
         clock: Callable[[], float] = time.time,
         on_pushed: Callable[[str, str], None] | None = None,
     ) -> None:
-        self._caller = caller
+        self._broker = broker
         self._max_payload = max_payload_bytes
         self._clock = clock
         self._on_pushed = on_pushed
@@ -71,7 +72,7 @@ class BrokerPusher:
         """Push one fire; raises what the broker raised, except for a duplicate live id."""
         msg = self.message(task)
         try:
-            self._caller.call("push", msg)
+            self._broker.push(msg)
         except TaskError as exc:
             if not is_duplicate(exc):
                 raise
@@ -95,7 +96,7 @@ class BrokerPusher:
         if not msgs:
             return errors
         try:
-            self._caller.call("push_many", msgs)
+            self._broker.push_many(msgs)
         except BrokerError as exc:  # the broker is unreachable: every push failed (or is unknown)
             for i in good:
                 errors[i] = exc
@@ -113,7 +114,7 @@ class BrokerPusher:
 
     def known(self, task_id: str) -> bool:
         """Whether the broker has a record of ``task_id`` (any status)."""
-        return self._caller.call("get_task", task_id) is not None
+        return self._broker.get_task(task_id) is not None
 
     def _pushed(self, task: dict[str, Any]) -> None:
         self.lag.observe(self._clock() - float(task["scheduled_at"]))
@@ -130,9 +131,9 @@ class InstanceTracker:
     """
 
     def __init__(
-        self, caller: Caller, *, recent_ids: Callable[[str], list[str]] | None = None
+        self, broker: Broker, *, recent_ids: Callable[[str], list[str]] | None = None
     ) -> None:
-        self._caller = caller
+        self._broker = broker
         self._recent_ids = recent_ids
         self._live: dict[str, list[str]] = {}
 
@@ -158,5 +159,5 @@ class InstanceTracker:
         self._live.pop(schedule_id, None)
 
     def _active(self, task_id: str) -> bool:
-        rec = self._caller.call("get_task", task_id)
+        rec = self._broker.get_task(task_id)
         return rec is not None and rec.get("status") in ACTIVE_STATUSES

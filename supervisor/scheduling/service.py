@@ -20,7 +20,7 @@ from typing import Any
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
 
-from supervisor.queue import Caller
+from supervisor.broker.base import Broker
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.pusher import BrokerPusher, InstanceTracker
 from supervisor.scheduling.spec import ScheduleSpec
@@ -51,7 +51,7 @@ class SchedulerOptions:
 
 
 class SchedulerService:
-    """Fires the schedules of ``store`` into the broker behind ``caller``.
+    """Fires the schedules of ``store`` into ``broker``.
 
     ``config_schedules`` is the full list of config-declared schedules (upserted by name at
     start; config schedules missing from it are disabled), or None to leave them alone.
@@ -62,7 +62,7 @@ class SchedulerService:
         self,
         *,
         store: ScheduleStore,
-        caller: Caller,
+        broker: Broker,
         task_types: Collection[str] | None = None,
         config_schedules: Sequence[ScheduleSpec] | None = None,
         clock: Callable[[], float] = time.time,
@@ -70,15 +70,15 @@ class SchedulerService:
         options: SchedulerOptions | None = None,
     ) -> None:
         self.store = store
-        self.caller = caller
+        self.broker = broker
         self.options = options = options or SchedulerOptions()
         self.clock = clock
         self.task_types = None if task_types is None else sorted(task_types)
         self.config_schedules = None if config_schedules is None else list(config_schedules)
         self.database_label = database_label
-        self.tracker = InstanceTracker(caller, recent_ids=store.recent_fire_task_ids)
+        self.tracker = InstanceTracker(broker, recent_ids=store.recent_fire_task_ids)
         self.pusher = BrokerPusher(
-            caller,
+            broker,
             clock=clock,
             on_pushed=self.tracker.record,
             max_payload_bytes=options.max_payload_bytes,
@@ -244,7 +244,7 @@ class SchedulerService:
         """Send the status document to the broker (``publish_scheduler_status``)."""
         self._next_status = now + self.options.status_every_s
         try:
-            self.caller.call("publish_scheduler_status", self.status(now))
+            self.broker.publish_scheduler_status(self.status(now))
         except Exception as exc:  # an older broker without the method, or the broker is gone
             if not self._status_failed:
                 self._status_failed = True

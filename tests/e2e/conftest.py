@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from supervisor import connect
-from supervisor.queue import Queue
+from supervisor.client.queue import Queue
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ class Master:
         return self._queue
 
     def status(self) -> dict[str, Any]:
-        return dict(self.queue._caller.call("get_status"))
+        return self.queue.broker.get_status()
 
     def worker_pids(self) -> list[int]:
         pids = [w["pid"] for w in self.status()["master"].get("workers", [])]

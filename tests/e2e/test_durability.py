@@ -49,7 +49,7 @@ def test_kill9_of_the_whole_tree_loses_no_task(start_master, tmp_path: Path):
         _kill_tree(m)
         m = start_master(workers=2, database=db)
     stats = wait_until(
-        lambda: (s := m.queue._caller.call("get_queue_stats")).get("succeeded") == 2000 and s,
+        lambda: (s := m.queue.broker.get_queue_stats()).get("succeeded") == 2000 and s,
         120,
         what="all 2000 tasks to succeed after the restarts",
     )

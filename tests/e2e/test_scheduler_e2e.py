@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from supervisor.scheduling import ScheduleError
-from supervisor.scheduling.api import Scheduler
+from supervisor.scheduling.client import Scheduler
 from tests.e2e.conftest import REPO, gone
 from tests.helpers import wait_until
 

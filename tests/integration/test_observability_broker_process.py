@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from supervisor import scoreboard as sb
-from supervisor.broker.client import BrokerClient
-from supervisor.broker.memory import MemoryBroker
-from supervisor.broker.server import start_broker_process
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.broker.embedded.server import start_broker_process
+from supervisor.client.proxy import BrokerClient
+from supervisor.client.queue import Queue
 from supervisor.errors import BrokerError
-from supervisor.observability.http import make_on_serve
-from supervisor.queue import Queue
-from supervisor.scheduling.api import Scheduler
+from supervisor.master import scoreboard as sb
+from supervisor.scheduling.client import Scheduler
 from supervisor.scheduling.process import SchedulerProcess
+from supervisor.web.server import make_on_serve
 from tests.e2e.test_observability_metrics import get, scrape, value
 from tests.helpers import wait_until
 
@@ -82,7 +82,7 @@ def test_endpoints_run_in_the_broker_process_and_read_the_shared_scoreboard(
     broker.board.reset(0, os.getpid(), time.monotonic())
     broker.board.heartbeat(0, time.monotonic(), sb.IDLE)
     assert get(broker.http, "/readyz")[0] == 503  # no master status yet
-    broker.queue._caller.call("publish_status", {"state": "running", "desired_workers": 1})
+    broker.queue.broker.publish_status({"state": "running", "desired_workers": 1})
     assert get(broker.http, "/readyz")[0] == 200
     broker.queue.push_task({"type": "x", "params": {}})
     got = scrape(broker.http)

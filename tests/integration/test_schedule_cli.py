@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.cli import main
+from supervisor.cli.main import main
 
 pytestmark = pytest.mark.timeout(60)
 

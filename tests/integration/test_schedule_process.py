@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from supervisor.broker.client import BrokerClient
-from supervisor.broker.memory import MemoryBroker
-from supervisor.broker.server import start_broker_process
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.broker.embedded.server import start_broker_process
+from supervisor.client.proxy import BrokerClient
+from supervisor.client.queue import Queue
 from supervisor.errors import ExitCode
-from supervisor.queue import Queue
-from supervisor.scheduling.api import Scheduler
+from supervisor.scheduling.client import Scheduler
 from supervisor.scheduling.process import SchedulerProcess
 from tests.helpers import wait_until
 from tests.integration.test_schedule_backends import BACKENDS, backend_url

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from supervisor.broker.memory import MemoryBroker
-from supervisor.queue import LocalCaller, Queue
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.client.queue import Queue
 from supervisor.scheduling import ScheduleError, ScheduleStore, make_engine, make_spec
-from supervisor.scheduling.api import Scheduler, get_scheduler
+from supervisor.scheduling.client import Scheduler, get_scheduler
 from supervisor.scheduling.models import schedule_fire
 from supervisor.scheduling.rows import fire_task_id
 from supervisor.scheduling.service import SchedulerOptions, SchedulerService
+from tests.helpers import BrokerSpy
 
 pytestmark = pytest.mark.timeout(60)
 T0 = 1_700_000_000.0
@@ -34,18 +35,12 @@ class Clock:
         return self.now
 
 
-class Recording(LocalCaller):
+class Recording(BrokerSpy):
     """The broker, plus the status documents the scheduler publishes."""
 
     def __init__(self, broker: MemoryBroker) -> None:
-        super().__init__(broker)
         self.published: list[dict[str, Any]] = []
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if method == "publish_scheduler_status":
-            self.published.append(args[0])
-            return None
-        return super().call(method, *args, **kwargs)
+        super().__init__(broker, publish_scheduler_status=self.published.append)
 
 
 @pytest.fixture
@@ -72,7 +67,7 @@ def make(url: str, clock: Clock, broker: MemoryBroker) -> Iterator[Any]:
         engines.append(engine)
         return SchedulerService(
             store=ScheduleStore(engine, clock=clock, known_task_types=kw.get("task_types")),
-            caller=kw.pop("caller", LocalCaller(broker)),
+            broker=kw.pop("caller", broker),
             clock=clock,
             **kw,
         )
@@ -100,7 +95,7 @@ def run_until(service: SchedulerService, clock: Clock, end: float) -> list[float
 
 
 def drain(broker: MemoryBroker) -> list[dict[str, Any]]:
-    q, out = Queue(LocalCaller(broker)), []
+    q, out = Queue(broker), []
     while (task := q.pop_task(timeout=0)) is not None:
         out.append(task)
         q.task_done(task["task_id"])
@@ -157,7 +152,7 @@ def test_max_instances_skips_while_the_previous_run_is_live(
         name="slow", task_type="t", schedule_type="interval", interval_seconds=10
     )
     run_until(service, clock, T0 + 25)  # fires at +10; +20 is skipped: +10 is still queued
-    q = Queue(LocalCaller(broker))
+    q = Queue(broker)
     first = q.pop_task(timeout=0)
     assert first is not None and q.pop_task(timeout=0) is None
     run_until(service, clock, T0 + 35)  # +30: the first run is running: skipped again
@@ -249,8 +244,7 @@ def test_unpushed_fires_are_settled_at_start(
                     status="claimed",
                 )
             )
-    LocalCaller(broker).call(
-        "push",
+    broker.push(
         {"type": "t", "params": b"\x80\x04N.", "priority": 5, "task_id": fire_task_id(b, due)},
     )  # b did get pushed
     clock.now = T0 + 10.5

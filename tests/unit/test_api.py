@@ -9,8 +9,8 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
-from supervisor.api.routes import Api, openapi
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.web.api import Api, openapi
 
 pytestmark = pytest.mark.timeout(30)
 

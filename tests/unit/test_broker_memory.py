@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from supervisor.broker import base
-from supervisor.broker.memory import LEASE_GRACE_S, MemoryBroker
+from supervisor.broker.embedded.memory import LEASE_GRACE_S, MemoryBroker
 from supervisor.errors import TaskError, UnknownTaskType
 from supervisor.registry import TaskOptions
 

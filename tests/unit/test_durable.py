@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from loguru import logger
 
-from supervisor.broker.durable import DurableBroker
-from supervisor.broker.journal import task_record
-from supervisor.broker.tasklog import open_journal
+from supervisor.broker.embedded.durable import DurableBroker
+from supervisor.broker.embedded.journal import open_journal
+from supervisor.broker.embedded.tasktable import task_record
 from supervisor.db import make_engine
 from supervisor.registry import TaskOptions
 
@@ -165,7 +165,7 @@ def test_an_older_task_database_is_upgraded_in_place(url, clock):
 
 
 def test_a_newer_task_database_is_refused(url, clock):
-    from supervisor.broker.journal import SCHEMA_VERSION, TaskTable, task_schema
+    from supervisor.broker.embedded.tasktable import SCHEMA_VERSION, TaskTable, task_schema
     from supervisor.errors import SupervisorError
 
     table = TaskTable(make_engine(url), clock=clock)

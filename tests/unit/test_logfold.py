@@ -10,10 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.broker.journal import TaskTable, snapshot
-from supervisor.broker.logfold import FoldProcess, LogFolder, frame
+from supervisor.broker.embedded.fold import FoldProcess, LogFolder, frame
+from supervisor.broker.embedded.journal import Journal
+from supervisor.broker.embedded.tasktable import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord
-from supervisor.broker.tasklog import Journal
 from supervisor.db import make_engine
 from supervisor.errors import BrokerError
 
@@ -148,8 +148,8 @@ def test_after_repeated_failed_starts_the_fold_runs_in_this_process(
 def test_a_purged_task_stays_purged_when_the_folder_starts_again(tmp_path: Path):
     import pickle
 
-    from supervisor.broker.durable import DurableBroker
-    from supervisor.broker.tasklog import open_journal
+    from supervisor.broker.embedded.durable import DurableBroker
+    from supervisor.broker.embedded.journal import open_journal
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     b = DurableBroker(journal=open_journal(url, run_dir=str(tmp_path), fold_process=True))

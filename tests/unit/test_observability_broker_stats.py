@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from supervisor.broker import base
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.errors import TaskError
 from supervisor.registry import PRIORITY_MAX, TaskOptions
 

@@ -13,9 +13,9 @@ import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor import scoreboard as sb
 from supervisor.broker import base
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.master import scoreboard as sb
 from supervisor.observability.collector import build_registry
 from supervisor.registry import TaskOptions
 from supervisor.scheduling.status import LagHistogram, status_doc

@@ -16,17 +16,18 @@ from typing import Any
 import pytest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from supervisor import scoreboard as sb
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.cli import health
 from supervisor.errors import SupervisorError
-from supervisor.observability import health, probes
-from supervisor.observability.http import (
+from supervisor.master import scoreboard as sb
+from supervisor.observability import probes
+from supervisor.registry import TaskOptions
+from supervisor.web.server import (
     HTTP_ADDRESS_FILE,
     MetricsServer,
     make_on_serve,
     start_http_server,
 )
-from supervisor.registry import TaskOptions
 
 pytestmark = pytest.mark.timeout(60)
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

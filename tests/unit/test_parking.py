@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from supervisor.broker.durable import DurableBroker
-from supervisor.broker.memory import MemoryBroker
-from supervisor.broker.parking import PARKED
-from supervisor.broker.tasklog import open_journal
+from supervisor.broker.embedded.durable import DurableBroker
+from supervisor.broker.embedded.journal import open_journal
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.broker.embedded.parking import PARKED
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)

@@ -11,8 +11,8 @@ import pytest
 
 import supervisor
 from supervisor.broker import base
+from supervisor.client.queue import build_message
 from supervisor.errors import PayloadError, StoreError, TaskError, UnknownTaskType
-from supervisor.queue import build_message
 from supervisor.registry import TaskOptions
 
 pytestmark = pytest.mark.timeout(30)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli import COMMANDS, build_parser
+from supervisor.cli.main import COMMANDS, build_parser
 from supervisor.errors import ExitCode
 from supervisor.settings_table import settings_table
 

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.client.queue import Queue
 from supervisor.errors import BrokerError, TaskError
-from supervisor.queue import LocalCaller, Queue
 from supervisor.registry import TaskOptions
 from supervisor.scheduling.pusher import BrokerPusher, InstanceTracker, is_duplicate
 from supervisor.scheduling.status import LagHistogram, status_doc
+from tests.helpers import BrokerSpy
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,12 +39,10 @@ def test_a_fire_reaches_the_consumer_with_its_due_time(
     broker: MemoryBroker, clock: FakeClock
 ) -> None:
     pushed: list[tuple[str, str]] = []
-    pusher = BrokerPusher(
-        LocalCaller(broker), clock=clock, on_pushed=lambda sid, tid: pushed.append((sid, tid))
-    )
+    pusher = BrokerPusher(broker, clock=clock, on_pushed=lambda sid, tid: pushed.append((sid, tid)))
     clock.advance(0.02)
     pusher.push(fire(1, due=clock.now - 0.02))
-    task = Queue(LocalCaller(broker)).pop_task(timeout=0)
+    task = Queue(broker).pop_task(timeout=0)
     assert task is not None
     assert (task["type"], task["params"], task["priority"]) == ("report", {"n": 1}, 7)
     assert task["schedule_id"] == "s1" and task["scheduled_at"] == pytest.approx(clock.now - 0.02)
@@ -52,7 +51,7 @@ def test_a_fire_reaches_the_consumer_with_its_due_time(
 
 
 def test_a_duplicate_live_id_counts_as_pushed(broker: MemoryBroker, clock: FakeClock) -> None:
-    pusher = BrokerPusher(LocalCaller(broker), clock=clock)
+    pusher = BrokerPusher(broker, clock=clock)
     pusher.push(fire(1))
     pusher.push(fire(1))  # pushed again after a crash: the broker still holds it
     assert pusher.counters["duplicate"] == 1
@@ -64,14 +63,9 @@ def test_a_duplicate_live_id_counts_as_pushed(broker: MemoryBroker, clock: FakeC
 def test_push_many_is_one_round_trip_and_isolates_refusals(
     broker: MemoryBroker, clock: FakeClock
 ) -> None:
-    calls: list[str] = []
-
-    class Counting(LocalCaller):
-        def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-            calls.append(method)
-            return super().call(method, *args, **kwargs)
-
-    pusher = BrokerPusher(Counting(broker), clock=clock, max_payload_bytes=1000)
+    spy = BrokerSpy(broker)
+    calls = spy.calls
+    pusher = BrokerPusher(spy, clock=clock, max_payload_bytes=1000)
     errors = pusher.push_many([fire(k) for k in range(5)])
     assert errors == [None] * 5 and calls == ["push_many"]
     calls.clear()
@@ -85,11 +79,10 @@ def test_push_many_is_one_round_trip_and_isolates_refusals(
 
 
 def test_push_many_with_the_broker_gone_fails_every_task() -> None:
-    class Gone:
-        def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-            raise BrokerError("no broker answers at /x")
+    def gone(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerError("no broker answers at /x")
 
-    errors = BrokerPusher(Gone()).push_many([fire(1), fire(2)])
+    errors = BrokerPusher(BrokerSpy(None, push=gone, push_many=gone)).push_many([fire(1), fire(2)])
     assert all(isinstance(e, BrokerError) for e in errors)
 
 
@@ -103,7 +96,7 @@ def test_is_duplicate_knows_the_broker_refusal_by_its_class(broker: MemoryBroker
 
 
 def test_tracker_counts_runs_until_they_finish(broker: MemoryBroker, clock: FakeClock) -> None:
-    caller = LocalCaller(broker)
+    caller = broker
     loaded: list[str] = []
 
     def recent(sid: str) -> list[str]:

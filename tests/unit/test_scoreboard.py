@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from supervisor import scoreboard as sb
-from supervisor.scoreboard import Scoreboard
+from supervisor.master import scoreboard as sb
+from supervisor.master.scoreboard import Scoreboard
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.broker.store import MAX_KEY_LEN, MemoryStore
+from supervisor.broker.embedded.store import MAX_KEY_LEN, MemoryStore
 from supervisor.errors import StoreError
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,8 +8,8 @@ import pytest
 from loguru import logger
 
 from supervisor.errors import BrokerError
-from supervisor.scoreboard import Scoreboard, clip_id
-from supervisor.supervision import WorkerPool
+from supervisor.master.pool import WorkerPool
+from supervisor.master.scoreboard import Scoreboard, clip_id
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,8 +19,8 @@ class FlakyClient:
         self.failures = failures
         self.calls: list[tuple[Any, ...]] = []
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append((method, *args))
+    def release_consumer(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(("release_consumer", *args))
         if self.failures:
             self.failures -= 1
             raise BrokerError("broker call release_consumer failed: timed out")
@@ -51,9 +51,9 @@ def test_the_scoreboard_keeps_a_comparable_prefix_of_long_task_ids():
 
 def test_a_failed_fork_backs_the_slot_off_instead_of_killing_the_master(monkeypatch):
     from supervisor.config import Settings
+    from supervisor.master.pool import RUNNING
+    from supervisor.master.signals import SignalQueue
     from supervisor.registry import TaskRegistry
-    from supervisor.signals import SignalQueue
-    from supervisor.supervision import RUNNING
 
     pool = WorkerPool()
     pool.settings = Settings.defaults()
@@ -69,7 +69,7 @@ def test_a_failed_fork_backs_the_slot_off_instead_of_killing_the_master(monkeypa
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr("supervisor.supervision.os.fork", no_fork)
+    monkeypatch.setattr("supervisor.master.pool.os.fork", no_fork)
     assert pool.spawn_worker(0, now=100.0) is None
     assert pool.workers == {} and pool.slots[0].spawn_after > 100.0
     pool.manage_workers(now=100.0)  # still backing off: no new attempt, no exception
@@ -80,7 +80,7 @@ def test_a_failed_fork_backs_the_slot_off_instead_of_killing_the_master(monkeypa
 
 
 def test_a_failed_scheduler_fork_is_retried_after_a_backoff():
-    from supervisor.scheduler_child import SchedulerChild
+    from supervisor.master.scheduler_handle import SchedulerChild
 
     class NoFork:
         def start(self) -> int:

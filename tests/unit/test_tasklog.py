@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.broker.journal import TaskTable, snapshot
+from supervisor.broker.embedded.journal import Journal, open_journal, read_log
+from supervisor.broker.embedded.tasktable import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord
-from supervisor.broker.tasklog import Journal, open_journal, read_log
 from supervisor.db import make_engine
 from supervisor.errors import BrokerError
 

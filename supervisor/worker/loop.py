@@ -23,11 +23,11 @@ from typing import Any, NoReturn
 
 from loguru import logger
 
-from supervisor import compat, logs, osutil, payload
-from supervisor import scoreboard as sb
+from supervisor import logs, osutil, payload
 from supervisor.broker.base import Report
-from supervisor.broker.client import BrokerClient
-from supervisor.context import TaskContext, _cancel_probe, _current, cancel_requested
+from supervisor.client import seed as compat
+from supervisor.client.proxy import BrokerClient
+from supervisor.client.queue import Queue
 from supervisor.errors import (
     Cancelled,
     ExitCode,
@@ -36,9 +36,10 @@ from supervisor.errors import (
     Retry,
     SoftTimeLimitExceeded,
 )
+from supervisor.master import scoreboard as sb
 from supervisor.policy import recycle_after
-from supervisor.queue import Queue
 from supervisor.registry import TaskOptions, TaskRegistry
+from supervisor.worker.context import TaskContext, _cancel_probe, _current, cancel_requested
 
 POLL_S = 1.0  # longest wait in the broker: bounds heartbeat gaps and shutdown reaction
 _RESET_SIGNALS = (
@@ -114,7 +115,7 @@ class Worker:
         self.log = logger.bind(component="worker", worker=self.slot, pid=self.pid)
         self.consumer = f"worker:{self.slot}:{self.pid}"
         self.client = BrokerClient(self.address, self.authkey)
-        self.client.call("ping")
+        self.client.ping()
         compat.set_default_queue(Queue(self.client, max_payload_bytes=self.max_payload_bytes))
         _cancel_probe[:] = [lambda: self.scoreboard.field(self.slot, "cancel_request") == 1]
         for hook in self.registry.on_worker_start:
@@ -178,7 +179,7 @@ class Worker:
             self.scoreboard.heartbeat(self.slot, time.monotonic())
             # A BrokerError here propagates: the worker exits non-zero, and the master retries
             # the task it could not report (or stops, if the broker itself is gone).
-            msg = self.client.call("exchange", self.consumer, report, self.poll_s)
+            msg = self.client.exchange(self.consumer, report, self.poll_s)
             report = None
             if msg is None:
                 continue
@@ -190,7 +191,7 @@ class Worker:
                 reason = recycle
                 break
         if report is not None:
-            self.client.call("report", self.consumer, report)
+            self.client.report(self.consumer, report)
         return reason
 
     def recycle_reason(self) -> int:

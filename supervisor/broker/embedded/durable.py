@@ -1,6 +1,6 @@
 """The durable broker: the embedded broker plus a journal, so a restart loses nothing.
 
-Every state change of a task is appended to the :class:`~supervisor.broker.tasklog.Journal`
+Every state change of a task is appended to the :class:`~supervisor.broker.embedded.journal.Journal`
 under the broker's lock, by the thread that made it, before the call returns: a push is safe when
 it returns, and a hand-out is in the log before the worker sees the task (so a task that ran is
 never found "queued" after a crash: a re-run always shows as an extra attempt). On start, the
@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from loguru import logger
 
 from supervisor.broker import base
-from supervisor.broker.journal import snapshot, task_record
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.journal import Journal
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.broker.embedded.tasktable import snapshot, task_record
 from supervisor.broker.records import TaskRecord
-from supervisor.broker.tasklog import Journal
 from supervisor.errors import BrokerError, TaskError
 
 DAY_S = 86_400.0

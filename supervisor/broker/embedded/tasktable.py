@@ -1,7 +1,8 @@
 """The task table: every task record in SQL (``task_record``), and the rows' encoding.
 
 :class:`TaskTable` reads and writes the table; the hot path never waits for it. State changes
-first go to the append-only log of :mod:`supervisor.broker.tasklog`, which folds them into this
+first go to the append-only log of :mod:`supervisor.broker.embedded.journal`, which folds them into
+this
 table in large batches from a background thread (see there for why).
 """
 

@@ -23,14 +23,14 @@ from loguru import logger
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from supervisor import scoreboard as sb
-from supervisor.api.routes import Api
-from supervisor.api.schedules import ScheduleLister
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.cli.health import HTTP_ADDRESS_FILE
 from supervisor.errors import SupervisorError
+from supervisor.master import scoreboard as sb
 from supervisor.observability import probes
 from supervisor.observability.collector import SupervisorCollector, build_registry
-from supervisor.observability.health import HTTP_ADDRESS_FILE
+from supervisor.web.api import Api
+from supervisor.web.schedules import ScheduleLister
 
 __all__ = [
     "HTTP_ADDRESS_FILE",

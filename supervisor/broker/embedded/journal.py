@@ -11,7 +11,7 @@ broker's order), by the thread that made it: no hand-off to a writer thread, who
 more than the write itself. Folds into the table are the grouped part: a thread asks once every
 ``fold_interval_s`` for every row appended since the last fold to be upserted, in one
 transaction. The broker's journal runs that fold in a child process of its own
-(:mod:`supervisor.broker.logfold`: the broker's single core is what bounds throughput); tests
+(:mod:`supervisor.broker.embedded.fold`: the broker's single core is what bounds throughput); tests
 and tools fold in-process with the same code.
 
 What it promises: an appended batch survives the process being killed (``kill -9``, OOM): it is
@@ -37,8 +37,16 @@ from typing import Any
 
 from loguru import logger
 
-from supervisor.broker.journal import TaskTable
-from supervisor.broker.logfold import FRAME, FoldProcess, LogFolder, Row, frame, log_files, parse
+from supervisor.broker.embedded.fold import (
+    FRAME,
+    FoldProcess,
+    LogFolder,
+    Row,
+    frame,
+    log_files,
+    parse,
+)
+from supervisor.broker.embedded.tasktable import TaskTable
 from supervisor.broker.records import TaskRecord
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
@@ -53,8 +61,9 @@ def read_log(path: Path) -> tuple[list[Row], bool]:
 class Journal:
     """The log and its fold into :class:`TaskTable` (see the module docstring).
 
-    ``folder`` runs the folds: a :class:`~supervisor.broker.logfold.FoldProcess` (the broker's
-    choice) or, by default, a :class:`~supervisor.broker.logfold.LogFolder` in this process."""
+    ``folder`` runs the folds: a :class:`~supervisor.broker.embedded.fold.FoldProcess` (the broker's
+    choice) or, by default, a :class:`~supervisor.broker.embedded.fold.LogFolder` in this
+    process."""
 
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """Control and queries over task records: cancel, list, count, purge.
 
-A mixin of :class:`~supervisor.broker.memory.MemoryBroker` (the durable broker overrides the
+A mixin of :class:`~supervisor.broker.embedded.memory.MemoryBroker` (the durable broker overrides
+the
 queries to read its database).
 """
 

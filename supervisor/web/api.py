@@ -28,7 +28,7 @@ _STATUSES = base.ACTIVE_STATUSES + base.FINAL_STATUSES
 
 
 def openapi() -> dict[str, Any]:
-    return dict(json.loads(resources.files("supervisor.api").joinpath("openapi.json").read_text()))
+    return dict(json.loads(resources.files("supervisor.web").joinpath("openapi.json").read_text()))
 
 
 def _params(blob: Any) -> Any:

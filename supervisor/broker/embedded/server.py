@@ -27,9 +27,10 @@ from typing import Any
 from multiprocess import managers
 
 from supervisor import osutil
-from supervisor.broker.memory import MemoryBroker
-from supervisor.broker.parking import HOT_METHODS, PARKED
-from supervisor.broker.wire import SERIALIZER
+from supervisor.broker.base import CONTRACT_METHODS
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.broker.embedded.parking import HOT_METHODS, PARKED
+from supervisor.broker.embedded.wire import SERIALIZER
 from supervisor.errors import BrokerError
 
 BROKER_IDENT = "broker"
@@ -41,7 +42,8 @@ class BrokerServer(managers.Server):
     The protocol, the auth handshake and the thread per connection are the manager's; what
     changes is that ``push``, ``push_many``, ``exchange`` and ``report`` go through the broker's
     ``serve_hot``, which can park a worker's exchange (the answer comes later, from whichever
-    thread makes a task ready: see :mod:`supervisor.broker.parking`) and returns hand-overs for
+    thread makes a task ready: see :mod:`supervisor.broker.embedded.parking`) and returns
+    hand-overs for
     this thread to send to parked workers. Everything else is served as the manager serves it."""
 
     def serve_client(self, conn: Any) -> None:
@@ -122,10 +124,6 @@ def _exit_on_term(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def exposed_methods(obj: object) -> set[str]:
-    return {name for name in managers.public_methods(obj) if not name.startswith("_")}
-
-
 def serve(
     broker: MemoryBroker,
     address: Any,
@@ -144,7 +142,7 @@ def serve(
         os.umask(old_umask)
     if isinstance(server.address, str):
         os.chmod(server.address, 0o600)
-    server.id_to_obj[BROKER_IDENT] = (broker, exposed_methods(broker), None)
+    server.id_to_obj[BROKER_IDENT] = (broker, set(CONTRACT_METHODS), None)  # nothing else
     server.id_to_refcount[BROKER_IDENT] = 1
     if on_serve is not None:
         on_serve(broker)

@@ -14,28 +14,15 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from supervisor import payload
-from supervisor.broker.memory import MemoryBroker
+from supervisor.broker.base import Broker
+from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.errors import PayloadError, TaskError
 from supervisor.registry import check_priority
 
 _TASK_KEYS = {"task_id", "type", "params", "priority", "delay", "eta", "unique_key"}
-
-
-class Caller(Protocol):
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
-
-
-class LocalCaller:
-    """Calls an in-process broker directly (no manager)."""
-
-    def __init__(self, broker: MemoryBroker) -> None:
-        self.broker = broker
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.broker, method)(*args, **kwargs)
 
 
 def build_message(
@@ -107,8 +94,8 @@ def _decoded_or_raw(rec: dict[str, Any]) -> dict[str, Any]:
 class Queue:
     """Seed-compatible queue + public store client."""
 
-    def __init__(self, caller: Caller, *, max_payload_bytes: int | None = 1 << 20) -> None:
-        self._caller = caller
+    def __init__(self, broker: Broker, *, max_payload_bytes: int | None = 1 << 20) -> None:
+        self.broker = broker
         self.max_payload_bytes = max_payload_bytes
         self._consumer_prefix = (
             f"client:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -125,12 +112,12 @@ class Queue:
         msg = build_message(
             task, priority=priority, delay=delay, max_payload_bytes=self.max_payload_bytes
         )
-        return str(self._caller.call("push", msg))
+        return self.broker.push(msg)
 
     def push_tasks(self, tasks: Iterable[dict[str, Any]]) -> list[str]:
         """Queue many tasks in one round trip, all or none."""
         msgs = [build_message(t, max_payload_bytes=self.max_payload_bytes) for t in tasks]
-        return list(self._caller.call("push_many", msgs)) if msgs else []
+        return self.broker.push_many(msgs) if msgs else []
 
     def pop_task(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Take the next task, waiting up to ``timeout`` s (None: until one comes).
@@ -139,7 +126,7 @@ class Queue:
         queue once its timeout (plus a grace) passes, as an attempt that timed out.
         """
         consumer = f"{self._consumer_prefix}:{next(self._counter)}"
-        msg = self._caller.call("pop", consumer, timeout)
+        msg = self.broker.pop(consumer, timeout)
         if msg is None:
             return None
         self._held[msg["task_id"]] = consumer
@@ -170,17 +157,17 @@ class Queue:
             raise TaskError(f"task {task_id!r} was not popped by this client")
         if getattr(self._last, "task_id", None) == task_id:
             self._last.task_id = None
-        self._caller.call("report", consumer, (task_id, *outcome))
+        self.broker.report(consumer, (task_id, *outcome))
 
     def get_queue_size(self) -> int:
-        return int(self._caller.call("queue_size"))
+        return self.broker.queue_size()
 
     def is_empty(self) -> bool:
         return self.get_queue_size() == 0
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
         """The task's record with params unpickled, or None if the id is unknown."""
-        rec = self._caller.call("get_task", task_id)
+        rec = self.broker.get_task(task_id)
         return None if rec is None else decode_message(rec)
 
     get_task_state = get_task
@@ -193,62 +180,62 @@ class Queue:
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Task records, newest first, filtered by status, type and push time."""
-        rows = self._caller.call("list_tasks", status, type, since, limit)
+        rows = self.broker.list_tasks(status, type, since, limit)
         return [_decoded_or_raw(r) for r in rows]
 
     def get_queue_stats(self) -> dict[str, int]:
         """Counts of task records by status."""
-        return dict(self._caller.call("get_queue_stats"))
+        return self.broker.get_queue_stats()
 
     def cancel_task(self, task_id: str) -> str:
         """Cancel a task: ``cancelled`` (it was waiting: removed at once), ``cancelling`` (it is
         running: its handler is asked to stop, then its worker is killed after a grace),
         ``finished`` (too late) or ``unknown``. A cancelled task is not retried."""
-        return str(self._caller.call("cancel", task_id))
+        return self.broker.cancel(task_id)
 
     def purge(self, status: str, older_than_s: float) -> int:
         """Delete finished records of ``status`` older than ``older_than_s``; return how many."""
-        return int(self._caller.call("purge", status, older_than_s))
+        return self.broker.purge(status, older_than_s)
 
     def retry_task(self, task_id: str) -> bool:
-        return bool(self._caller.call("retry_task", task_id))
+        return self.broker.retry_task(task_id)
 
     def stats(self) -> dict[str, Any]:
-        return dict(self._caller.call("stats"))
+        return self.broker.stats()
 
     # -- public store ------------------------------------------------------------------------
     def set_public(self, key: str, value: Any, ttl: float | None = None) -> None:
         blob = payload.dumps(
             value, what=f"value of store key {key!r}", limit=self.max_payload_bytes
         )
-        self._caller.call("set_public", key, blob, ttl)
+        self.broker.set_public(key, blob, ttl)
 
     def get_public(self, key: str, default: Any = None) -> Any:
-        blob = self._caller.call("get_public", key)
+        blob = self.broker.get_public(key)
         return default if blob is None else payload.loads(blob, what=f"store key {key!r}")
 
     def delete_public(self, key: str) -> bool:
-        return bool(self._caller.call("delete_public", key))
+        return self.broker.delete_public(key)
 
     def cleanup(self) -> int:
-        return int(self._caller.call("cleanup"))
+        return self.broker.cleanup()
 
     def get_store_size(self) -> int:
-        return int(self._caller.call("get_store_size"))
+        return self.broker.get_store_size()
 
     def list_keys(self) -> list[str]:
-        return list(self._caller.call("list_keys"))
+        return self.broker.list_keys()
 
     def clear_store(self) -> None:
-        self._caller.call("clear_store")
+        self.broker.clear_store()
 
 
 class MemoryQueue(Queue):
     """The seed's in-process queue: no master, no manager; a background sweep if started."""
 
     def __init__(self, cleanup_interval: float = 60.0, **broker_options: Any) -> None:
-        self.broker = MemoryBroker(**broker_options)
-        super().__init__(LocalCaller(self.broker))
+        self.broker: MemoryBroker = MemoryBroker(**broker_options)
+        super().__init__(self.broker)
         self.cleanup_interval = cleanup_interval
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None

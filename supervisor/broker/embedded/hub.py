@@ -1,6 +1,6 @@
 """The broker's side rooms: the public store, and the status documents other processes publish.
 
-A mixin of :class:`~supervisor.broker.memory.MemoryBroker`: nothing here touches the queue.
+A mixin of :class:`~supervisor.broker.embedded.memory.MemoryBroker`: nothing here touches the queue.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.broker.store import MemoryStore
+from supervisor.broker.embedded.store import MemoryStore
 from supervisor.errors import TaskError
 from supervisor.registry import TaskOptions
 

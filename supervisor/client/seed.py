@@ -2,7 +2,7 @@
 
 ``get_queue()`` returns, in a worker, the worker's own connection; in the master, the master's;
 anywhere else, a client connected with ``SUPERVISOR_ADDRESS``/``SUPERVISOR_AUTHKEY`` or the run
-folder's files (see :func:`supervisor.broker.client.locate`). This is the only module-level state
+folder's files (see :func:`supervisor.client.proxy.locate`). This is the only module-level state
 in the package, as in the seed.
 """
 
@@ -12,8 +12,8 @@ import os
 import threading
 from typing import Any
 
-from supervisor.broker.client import BrokerClient
-from supervisor.queue import Queue
+from supervisor.client.proxy import BrokerClient
+from supervisor.client.queue import Queue
 
 _lock = threading.Lock()
 _default: Queue | None = None
@@ -30,7 +30,7 @@ def connect(
 ) -> Queue:
     """A new client of a running master's broker (see module docstring for how it is found)."""
     client = BrokerClient.from_env(address, authkey, run_dir, timeout_s=timeout_s)
-    client.call("ping")
+    client.ping()
     return Queue(client, max_payload_bytes=max_payload_bytes)
 
 
@@ -100,6 +100,6 @@ def clear_store() -> None:
 def get_scheduler(database_url: str | None = None) -> Any:
     """The seed's scheduler API (``add_scheduler_task``, ``pause_task``, ...) on the schedules
     database (``SUPERVISOR_DATABASE`` or ``sqlite:///supervisor.db`` by default)."""
-    from supervisor.scheduling.api import get_scheduler as scheduler_for
+    from supervisor.scheduling.client import get_scheduler as scheduler_for
 
     return scheduler_for(database_url)

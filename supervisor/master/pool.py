@@ -1,6 +1,7 @@
 """Supervising the workers: fork, reap, deadlines, liveness, cancels, scaling, replacement.
 
-A mixin of :class:`supervisor.master.Master`, kept apart so that each file reads as one role: this
+A mixin of :class:`supervisor.master.arbiter.Master`, kept apart so that each file reads as one
+role: this
 one is about worker processes and their slots; the master owns the loop, signals and shutdown.
 Every step takes ``now`` (monotonic) and can be called on its own.
 """
@@ -18,21 +19,21 @@ from typing import Any
 import psutil
 
 from supervisor import osutil
-from supervisor import scoreboard as sb
 from supervisor.broker.base import (
     REASON_CANCELLED,
     REASON_SHUTDOWN,
     REASON_TIMEOUT,
     REASON_WORKER_LOST,
 )
-from supervisor.broker.client import BrokerClient
+from supervisor.client.proxy import BrokerClient
 from supervisor.config import Settings
 from supervisor.errors import BrokerError, ExitCode
+from supervisor.master import scoreboard as sb
+from supervisor.master.runfiles import RunFiles
+from supervisor.master.signals import SignalQueue
 from supervisor.policy import RestartBreaker, SlotBackoff
 from supervisor.registry import TaskOptions, TaskRegistry
-from supervisor.runfiles import RunFiles
-from supervisor.signals import SignalQueue
-from supervisor.worker import Worker
+from supervisor.worker.loop import Worker
 
 HEALTHY_AFTER_S = 5.0  # a slot whose worker lived this long (or ran a task) resets its backoff
 RUNNING, DRAINING, STOPPING, STOPPED = "running", "draining", "stopping", "stopped"
@@ -216,8 +217,8 @@ class WorkerPool:
         while self.pending_releases:
             consumer, reason, error, exit_status = self.pending_releases[0]
             try:
-                task_id = self.client.call(
-                    "release_consumer", consumer, reason, error=error, exit_status=exit_status
+                task_id = self.client.release_consumer(
+                    consumer, reason, error=error, exit_status=exit_status
                 )
             except BrokerError as exc:
                 self.log.error("could not release the task of {} (will retry): {}", consumer, exc)
@@ -247,7 +248,7 @@ class WorkerPool:
         if not self.broker_pid or self.state == STOPPED:
             return
         try:
-            pending = self.client.call("pending_cancels")
+            pending = self.client.pending_cancels()
         except BrokerError as exc:
             self.log.error("could not read cancel requests: {}", exc)
             return

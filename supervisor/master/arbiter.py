@@ -2,7 +2,7 @@
 
 The loop is single-threaded and short: wait for a signal or a timer, handle the recorded signals,
 reap children, enforce hard deadlines and liveness, reconcile the worker count, tick the broker.
-Signal handlers only record (see :mod:`supervisor.signals`). Nothing here starts a thread, so
+Signal handlers only record (see :mod:`supervisor.master.signals`). Nothing here starts a thread, so
 forking workers from this process is safe; the broker's threads live in its own process.
 """
 
@@ -19,23 +19,20 @@ from typing import Any
 
 from loguru import logger
 
-from supervisor import compat, logs, osutil
-from supervisor import scoreboard as sb
+from supervisor import logs, osutil
 from supervisor.broker.base import (
     REASON_SHUTDOWN,
 )
-from supervisor.broker.client import BrokerClient, format_address
-from supervisor.broker.memory import MemoryBroker
-from supervisor.broker.server import start_broker_process
+from supervisor.broker.embedded.memory import MemoryBroker
+from supervisor.broker.embedded.server import start_broker_process
+from supervisor.client import seed as compat
+from supervisor.client.discovery import format_address
+from supervisor.client.proxy import BrokerClient
+from supervisor.client.queue import Queue
 from supervisor.config import Settings
 from supervisor.errors import BrokerError, ExitCode, SupervisorError
-from supervisor.policy import RestartBreaker
-from supervisor.queue import Queue
-from supervisor.registry import TaskOptions, TaskRegistry
-from supervisor.runfiles import RunFiles
-from supervisor.scheduler_child import SchedulerChild
-from supervisor.signals import SignalQueue
-from supervisor.supervision import (
+from supervisor.master import scoreboard as sb
+from supervisor.master.pool import (
     DRAINING,
     RUNNING,
     STOPPED,
@@ -45,6 +42,11 @@ from supervisor.supervision import (
     WorkerHandle,
     WorkerPool,
 )
+from supervisor.master.runfiles import RunFiles
+from supervisor.master.scheduler_handle import SchedulerChild
+from supervisor.master.signals import SignalQueue
+from supervisor.policy import RestartBreaker
+from supervisor.registry import TaskOptions, TaskRegistry
 
 TICK_S = 0.5  # longest sleep of the loop: a hard deadline is enforced within about this much
 
@@ -59,8 +61,8 @@ def make_broker(s: Settings, options: dict[str, TaskOptions], default: TaskOptio
     )
     if s.durability == "none":
         return MemoryBroker(**common)
-    from supervisor.broker.durable import DurableBroker
-    from supervisor.broker.tasklog import open_journal
+    from supervisor.broker.embedded.durable import DurableBroker
+    from supervisor.broker.embedded.journal import open_journal
 
     return DurableBroker(
         journal=open_journal(s.database, run_dir=s.run_dir, fold_process=True),
@@ -189,7 +191,7 @@ class Master(WorkerPool):
         s = self.settings
         if not s.metrics:
             return None
-        from supervisor.observability.http import make_on_serve
+        from supervisor.web.server import make_on_serve
 
         return make_on_serve(
             host=s.metrics_host,
@@ -309,8 +311,7 @@ class Master(WorkerPool):
         self.options = resolve_options(self.registry, new)
         logs.setup_logging(new.log_format, new.log_level, new.log_file)
         try:
-            self.client.call(
-                "configure",
+            self.client.configure(
                 self.options,
                 max_payload_bytes=new.max_payload_bytes,
                 finished_records=new.finished_records,
@@ -381,7 +382,7 @@ class Master(WorkerPool):
 
     def _set_dispatching(self, on: bool) -> None:
         try:
-            self.client.call("set_dispatching", on)
+            self.client.set_dispatching(on)
         except BrokerError as exc:
             self.log.error("could not stop dispatching: {}", exc)
 
@@ -422,8 +423,8 @@ class Master(WorkerPool):
         try:
             if due:
                 self._last_maintain = now
-                self.client.call("maintain")
-            self.client.call("publish_status", self.status_snapshot(now))
+                self.client.maintain()
+            self.client.publish_status(self.status_snapshot(now))
             self._published_pids = pids
         except BrokerError as exc:
             self.log.error("broker tick failed: {}", exc)
@@ -431,7 +432,7 @@ class Master(WorkerPool):
     def cleanup(self) -> None:
         if getattr(self, "broker_pid", 0):
             with contextlib.suppress(BrokerError, AttributeError):
-                stats = self.client.call("stats")
+                stats = self.client.stats()
                 left = stats["queued"] + stats["scheduled"] + stats["retrying"]
                 if left and self.settings.durability == "none":
                     self.log.warning(

@@ -1,6 +1,6 @@
 """The seed's ``get_scheduler()`` from any process: manage schedules in the database.
 
->>> from supervisor.scheduling.api import get_scheduler
+>>> from supervisor.scheduling.client import get_scheduler
 >>> scheduler = get_scheduler()                      # SUPERVISOR_DATABASE or sqlite:///supervisor.db
 >>> task_id = scheduler.add_scheduler_task(name="测试任务", task_type="test_task",
 ...     schedule_type="interval", interval_seconds=10, params={"message": "Hello"}, max_runs=5)

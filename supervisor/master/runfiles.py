@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from supervisor.broker.client import (
+from supervisor.client.discovery import (
     ADDRESS_FILE,
     AUTHKEY_FILE,
     PID_FILE,

@@ -23,7 +23,7 @@ from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
 
 from supervisor.errors import SupervisorError
-from supervisor.scheduling.api import Scheduler, default_database_url
+from supervisor.scheduling.client import Scheduler, default_database_url
 from supervisor.scheduling.config import to_epoch
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.process import mask_url

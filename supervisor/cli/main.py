@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from supervisor import __version__, cli_tasks
+from supervisor import __version__
+from supervisor.cli import tasks as cli_tasks
 from supervisor.config import FIELDS, Settings, load_settings
 from supervisor.errors import BrokerError, ExitCode, SupervisorError
 
@@ -90,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
             _client_flags(p)
 
     cli_tasks.add_parser(sub, _client_flags)
-    from supervisor.observability.health import add_health_parser
-    from supervisor.scheduling import cli as schedules_cli
+    from supervisor.cli import schedules as schedules_cli
+    from supervisor.cli.health import add_health_parser
 
     schedules_cli.add_subparser(sub)
     add_health_parser(sub)
@@ -112,7 +113,7 @@ def _number(text: str | None, what: str, *, integer: bool = False) -> Any:
 
 
 def _connect(args: argparse.Namespace) -> Any:
-    from supervisor.compat import connect
+    from supervisor.client.seed import connect
 
     return connect(args.address, args.authkey, args.run_dir, timeout_s=args.timeout)
 
@@ -120,7 +121,7 @@ def _connect(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from supervisor import logs
     from supervisor.errors import AppImportError
-    from supervisor.master import Master
+    from supervisor.master.arbiter import Master
     from supervisor.registry import load_app
 
     cli = {f.name: getattr(args, f.name) for f in FIELDS}
@@ -189,7 +190,7 @@ def _fmt_age(seconds: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = _connect(args)._caller.call("get_status")
+    status = _connect(args).broker.get_status()
     if args.json:
         counters = status["stats"].get("counters", {})
         status["stats"]["counters"] = {":".join(k): v for k, v in sorted(counters.items())}
@@ -255,13 +256,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from supervisor.observability.health import cmd_health as run_health
+    from supervisor.cli.health import cmd_health as run_health
 
     return run_health(args)
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
-    from supervisor.scheduling import cli as schedules_cli
+    from supervisor.cli import schedules as schedules_cli
 
     return schedules_cli.run(args)
 

@@ -50,7 +50,8 @@ class Parked:
 
 
 class ParkingMixin:
-    """Parking for :class:`~supervisor.broker.memory.MemoryBroker` (see the module docstring)."""
+    """Parking for :class:`~supervisor.broker.embedded.memory.MemoryBroker` (see the module
+    docstring)."""
 
     _cond: threading.Condition
     _dispatching: bool

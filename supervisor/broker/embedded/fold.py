@@ -1,11 +1,12 @@
 """Folding the journal's log files into the task table, in a process of its own.
 
-The broker appends each state change to a mapped log file (:mod:`supervisor.broker.tasklog`);
+The broker appends each state change to a mapped log file
+(:mod:`supervisor.broker.embedded.journal`);
 something must then write those rows into ``task_record``. Doing it in a thread of the broker
 cost the broker a fifth of its CPU at full speed (SQLite upserts, and the GIL handed back and
 forth with the connection threads at every statement), and the broker's single core is what
 bounds throughput. So the fold runs here, in a child process the broker spawns (``python -m
-supervisor.broker.logfold``, a fresh interpreter: the broker has threads and must not fork).
+supervisor.broker.embedded.fold``, a fresh interpreter: the broker has threads and must not fork).
 
 It reads the log files from the disk (the broker's writes are in the page cache, so they are
 visible here at once), in order, from where it stopped the last time, keeps the latest row of
@@ -187,7 +188,7 @@ class FoldProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.broker.logfold", str(self.base)],
+                [sys.executable, "-m", "supervisor.broker.embedded.fold", str(self.base)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -256,7 +257,7 @@ class FoldProcess:
         )
 
     def _fold_here(self) -> int:
-        from supervisor.broker.journal import TaskTable
+        from supervisor.broker.embedded.tasktable import TaskTable
         from supervisor.db import make_engine
 
         logger.bind(component="journal").error(
@@ -313,7 +314,7 @@ def _serve(folder: LogFolder, stdin: Any, stdout: Any) -> None:
 
 
 def main() -> int:
-    from supervisor.broker.journal import TaskTable
+    from supervisor.broker.embedded.tasktable import TaskTable
     from supervisor.db import make_engine
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):

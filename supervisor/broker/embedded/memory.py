@@ -1,7 +1,7 @@
 """The embedded broker: priority queue with delays and leases, task records, public store.
 
 It lives in the broker process and is served to every other process by the manager in
-:mod:`supervisor.broker.server`; it is also usable in-process (the seed's ``MemoryQueue``).
+:mod:`supervisor.broker.embedded.server`; it is also usable in-process (the seed's ``MemoryQueue``).
 One condition variable guards everything: the manager serves each client connection in its own
 thread, and the critical sections are a few dict and deque operations.
 
@@ -28,11 +28,11 @@ from typing import Any
 
 from supervisor.broker import base
 from supervisor.broker.base import Broker, Report
-from supervisor.broker.control import ControlMixin
-from supervisor.broker.hub import HubMixin
-from supervisor.broker.parking import ParkingMixin
+from supervisor.broker.embedded.control import ControlMixin
+from supervisor.broker.embedded.hub import HubMixin
+from supervisor.broker.embedded.parking import ParkingMixin
+from supervisor.broker.embedded.store import MemoryStore
 from supervisor.broker.records import TaskRecord
-from supervisor.broker.store import MemoryStore
 from supervisor.errors import DuplicateTaskId, TaskError, UnknownTaskType
 from supervisor.policy import compute_backoff
 from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN, TaskOptions, check_priority

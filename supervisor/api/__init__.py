@@ -1,1 +1,0 @@
-"""The JSON HTTP API served beside /metrics (see :mod:`supervisor.api.routes`)."""

@@ -1,0 +1,1 @@
+"""The command line: `supervisor run | push | status | tasks | schedules | store | health`."""

@@ -1,0 +1,1 @@
+"""Clients of a broker: the typed proxy, run-folder discovery, the seed's Queue API."""

@@ -1,0 +1,1 @@
+"""The master: forks, watches and replaces the workers and the broker and scheduler processes."""
