@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from supervisor import connect  # noqa: E402
 from supervisor.broker import base  # noqa: E402
+from supervisor.broker.embedded import control  # noqa: E402
 from supervisor.broker.embedded.memory import MemoryBroker  # noqa: E402
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -109,10 +110,10 @@ def stats_micro(records: int) -> list[dict[str, Any]]:
         b.report("worker:0", (b.pop("worker:0")["task_id"], base.SUCCEEDED, None))
 
     def walk() -> int:  # what stats() did before: every lane entry and every record
-        with b._cond:
-            n = sum(1 for lane in b._ready for t, s in lane if b._is_live(t, s))
+        with b.lock:
+            n = sum(1 for lane in b.core.ready for t, s in lane if control.is_live(b.core, t, s))
             counts: dict[str, int] = {}
-            for r in (*b._active.values(), *b._finished.values()):
+            for r in (*b.core.active.values(), *b.core.finished.values()):
                 counts[r.status] = counts.get(r.status, 0) + 1
             return n
 

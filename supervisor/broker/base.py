@@ -29,6 +29,8 @@ from typing import Any
 
 Report = tuple[str, str, Any]
 
+MAX_DELAY_S = 10 * 365 * 86_400.0  # a delay or eta further than 10 years is refused as a mistake
+
 # Task statuses (see ARCHITECTURE "Task lifecycle").
 SCHEDULED = "scheduled"  # waiting for its eta (first attempt)
 QUEUED = "queued"

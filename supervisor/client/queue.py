@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from supervisor import payload
-from supervisor.broker.base import Broker
+from supervisor.broker.base import MAX_DELAY_S, Broker
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.errors import PayloadError, TaskError
 from supervisor.registry import check_priority
@@ -60,12 +60,23 @@ def build_message(
             or not 0 <= delay < math.inf
         ):
             raise TaskError(f"delay must be a number of seconds >= 0, got {delay!r}")
+        if delay > MAX_DELAY_S:
+            raise TaskError(f"delay {delay!r} s is more than 10 years (at most {MAX_DELAY_S:.0f})")
         eta = None
     elif eta is not None and (
         isinstance(eta, bool) or not isinstance(eta, int | float) or not math.isfinite(eta)
     ):
         raise TaskError(f"eta must be epoch seconds, got {eta!r}")
-    params = task.get("params", {})
+    params = task.get("params")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise TaskError(
+            f"task params must be a dict (the handler is called as handler(params)), "
+            f"got {type(params).__name__}"
+        )
+    task_id = task.get("task_id")
+    if task_id is not None and (not isinstance(task_id, str) or not task_id):
+        raise TaskError(f"task_id must be a non-empty string, got {task_id!r}")
     blob = payload.dumps(params, what=f"params of task type {task_type!r}", limit=max_payload_bytes)
     msg: dict[str, Any] = {"type": task_type, "params": blob, "priority": prio, "eta": eta}
     if delay is not None:

@@ -89,7 +89,7 @@ def test_results_expire_after_their_ttl(url, clock):
     assert b.expire_results() == 0
     clock.advance(2)
     assert b.expire_results() == 1  # the success; the dead one has a longer ttl
-    b._finished.clear()
+    b.core.finished.clear()
     assert b.get_task(ok) is None and b.get_task(bad)["status"] == "dead"
     clock.advance(600)
     assert b.expire_results() == 1

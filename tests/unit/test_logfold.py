@@ -10,7 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.broker.embedded.fold import FoldProcess, LogFolder, frame
+from supervisor.broker.embedded.fold import FoldProcess, LogFolder
+from supervisor.broker.embedded.frames import frame
 from supervisor.broker.embedded.journal import Journal
 from supervisor.broker.embedded.tasktable import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from supervisor.broker import base
+from supervisor.broker.embedded import control
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.errors import TaskError
 from supervisor.registry import PRIORITY_MAX, TaskOptions
@@ -27,13 +28,13 @@ def walked(b: MemoryBroker) -> dict[str, Any]:
     now = b._clock()
     by_priority: dict[int, int] = {}
     oldest: dict[int, float] = {}
-    for prio, lane in enumerate(b._ready):
-        live = [b._active[t] for t, s in lane if b._is_live(t, s)]
+    for prio, lane in enumerate(b.core.ready):
+        live = [b.core.active[t] for t, s in lane if control.is_live(b.core, t, s)]
         if live:
             by_priority[prio] = len(live)
             oldest[prio] = now - min(r.ready_at or now for r in live)
-    counts = Counter(r.status for r in b._active.values())
-    counts.update(r.status for r in b._finished.values())
+    counts = Counter(r.status for r in b.core.active.values())
+    counts.update(r.status for r in b.core.finished.values())
     return {
         "by_priority": by_priority,
         "oldest_age_s": oldest,
@@ -73,7 +74,7 @@ def test_kept_counts_match_a_full_walk_through_random_operations(clock) -> None:
         elif op < 0.82 and held is not None:
             b.release_consumer(c, rng.choice([base.REASON_SHUTDOWN, base.REASON_WORKER_LOST]))
         elif op < 0.86:
-            dead = [t for t, r in b._finished.items() if r.status == base.DEAD]
+            dead = [t for t, r in b.core.finished.items() if r.status == base.DEAD]
             if dead:
                 b.retry_task(rng.choice(dead))
         elif op < 0.90:
@@ -83,7 +84,7 @@ def test_kept_counts_match_a_full_walk_through_random_operations(clock) -> None:
         if step % 7 == 0:
             check(b)
     check(b)
-    assert sum(b.stats()["by_status"].values()) == len(b._active) + len(b._finished)
+    assert sum(b.stats()["by_status"].values()) == len(b.core.active) + len(b.core.finished)
 
 
 def test_oldest_age_sees_tasks_put_back_at_the_front(clock) -> None:
@@ -103,7 +104,7 @@ def test_oldest_age_sees_tasks_put_back_at_the_front(clock) -> None:
     assert b.stats()["oldest_age_s"][3] == pytest.approx(3.0)
     assert b.stats()["by_priority"] == {3: 3}
     assert [b.pop(f"w{i}")["task_id"] for i in range(3)] == ["running", "old", "new"]
-    assert b.stats()["by_priority"] == {} and b._front_seqs == set()
+    assert b.stats()["by_priority"] == {} and b.core.front_seqs == set()
 
 
 def test_stale_lane_heads_are_dropped_by_stats(clock) -> None:
@@ -115,7 +116,7 @@ def test_stale_lane_heads_are_dropped_by_stats(clock) -> None:
     b.push(msg(task_id="b"))
     b.pop("worker:1")  # "a" (front) again; the lane holds "b" only
     assert b.stats()["oldest_age_s"] == {5: 0.0}
-    assert len(b._ready[5]) == 1
+    assert len(b.core.ready[5]) == 1
 
 
 def test_stats_cost_does_not_grow_with_the_number_of_records(clock) -> None:
@@ -184,22 +185,22 @@ def test_counts_survive_records_put_in_place_or_removed_directly(clock) -> None:
     opts = TaskOptions(max_retries=3, backoff_base_s=0.0, backoff_cap_s=0.0)
     b = MemoryBroker(clock=clock, task_types={"t": opts}, finished_records=2)
     b.push(msg(task_id="q"))
-    recovered = b._validate(msg(task_id="r"))
+    recovered = b.core.record(msg(task_id="r"))
     recovered.status = base.RUNNING
     recovered.attempts = 1
-    with b._cond:
-        b._active["r"] = recovered
-        b._fail(recovered, base.REASON_WORKER_LOST, {"error": "master stopped"}, clock.now)
+    with b.lock:
+        b.core.active["r"] = recovered
+        b.core.fail(recovered, base.REASON_WORKER_LOST, {"error": "master stopped"}, clock.now)
     check(b)
     for name in ("a", "b", "c"):
         b.push(msg(task_id=name, priority=10))
         t = b.pop("worker:1")
         b.report("worker:1", (t["task_id"], "invalid", {"error": "no"}))
-    del b._finished["c"]  # purged
+    del b.core.finished["c"]  # purged
     check(b)
-    evicted = b._validate(msg(task_id="a"))
+    evicted = b.core.record(msg(task_id="a"))
     evicted.status = base.DEAD
-    b._finished["a"] = evicted  # brought back from the journal
+    b.core.finished["a"] = evicted  # brought back from the journal
     assert b.retry_task("a") is True
     check(b)
     assert b.stats()["by_status"] == {"queued": 3, "dead": 1}

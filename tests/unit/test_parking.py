@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from supervisor.broker.embedded.dispatcher import PARKED
 from supervisor.broker.embedded.durable import DurableBroker
 from supervisor.broker.embedded.journal import open_journal
 from supervisor.broker.embedded.memory import MemoryBroker
-from supervisor.broker.embedded.parking import PARKED
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -41,15 +41,15 @@ def task(priority: int = 5, **kw: Any) -> dict[str, Any]:
 
 
 def park(b: MemoryBroker, consumer: str, sink: Sink, wait_s: float = 30.0, report=None) -> Any:
-    result, error, handoffs = b.serve_hot("exchange", (consumer, report, wait_s), {}, sink)
+    result, error, handoffs = b.dispatcher.serve("exchange", (consumer, report, wait_s), sink)
     assert error is None and handoffs == []
     return result
 
 
 def push(b: MemoryBroker, msg: dict[str, Any]) -> tuple[str, list]:
-    result, error, handoffs = b.serve_hot("push", (msg,), {}, Sink())
+    result, error, handoffs = b.dispatcher.serve("push", (msg,), Sink())
     assert error is None
-    b.deliver(handoffs)
+    b.dispatcher.deliver(handoffs)
     return result, handoffs
 
 
@@ -109,7 +109,7 @@ def test_a_task_readied_outside_a_connection_thread_is_handed_over_by_the_dispat
     first = b.push(task())
     assert park(b, A, sink)["task_id"] == first
     park(b, A, sink, report=(first, "invalid", {"error": "bad"}))  # dead at once
-    assert b.retry_task(first)  # as the HTTP API would: not through serve_hot
+    assert b.retry_task(first)  # as the HTTP API would: not through dispatcher.serve
     wait_until(lambda: sink.got, 10, what="the dispatcher to hand over the retried task")
     assert sink.got[0]["task_id"] == first
 
@@ -140,7 +140,7 @@ def test_a_released_or_disconnected_consumer_is_no_longer_parked():
     park(b, A, sa)
     park(b, B, sb)
     b.release_consumer(A, "worker_lost")
-    b.unpark(B, sb)
+    b.dispatcher.withdraw(B, sb)
     task_id, handoffs = push(b, task())
     assert handoffs == [] and b.get_task(task_id)["status"] == "queued"
 
@@ -174,7 +174,7 @@ def test_a_full_disk_refuses_a_push_before_anything_changes(tmp_path: Path, monk
         with monkeypatch.context() as m:
             m.setattr(journal, "_size", journal._file_bytes + 100)  # the log file is full
             m.setattr(journal, "_open", no_space)
-            result, error, handoffs = b.serve_hot("push", (task(task_id="t1"),), {}, Sink())
+            result, error, handoffs = b.dispatcher.serve("push", (task(task_id="t1"),), Sink())
         assert result is None and handoffs == []
         assert "No space left on device" in str(error)
         assert b.get_task("t1") is None and b.queue_size() == 0 and sink.got == []
@@ -201,10 +201,12 @@ def test_the_dispatcher_survives_a_full_disk_and_leaves_no_worker_holding_a_lost
 
         journal._size, journal._open = journal._file_bytes + 10, no_space  # the disk is full
         wait_until(lambda: b.get_task("late")["status"] == "queued", 10, what="'late' due")
-        assert b._held.get(A) is None and A in b._parked  # nothing taken that was not safe
+        assert (
+            b.core.held.get(A) is None and A in b.dispatcher.parked
+        )  # nothing taken that was not safe
         journal._size, journal._open = real_size, real_open  # room again
         assert sink.event.wait(10), "the dispatcher stopped handing tasks over"
-        assert sink.got[0]["task_id"] == "late" and b._dispatcher.is_alive()
+        assert sink.got[0]["task_id"] == "late" and b.dispatcher.thread.is_alive()
     finally:
         b.close()
 
@@ -218,7 +220,7 @@ def test_a_failure_putting_back_one_undeliverable_task_does_not_stop_the_others(
         gone, alive = Sink(fail=True), Sink()
         park(b, A, gone)
         park(b, B, alive)
-        result, error, handoffs = b.serve_hot("push_many", ([task(), task()],), {}, Sink())
+        result, error, handoffs = b.dispatcher.serve("push_many", ([task(), task()],), Sink())
         assert error is None and [c for c, _, _ in handoffs] == [A, B]
         journal = b._journal
 
@@ -227,7 +229,7 @@ def test_a_failure_putting_back_one_undeliverable_task_does_not_stop_the_others(
 
         real_open, real_size = journal._open, journal._size
         journal._size, journal._open = journal._file_bytes + 10, no_space  # putting back fails
-        b.deliver(handoffs)
+        b.dispatcher.deliver(handoffs)
         journal._size, journal._open = real_size, real_open
         assert alive.got and alive.got[0]["task_id"] == result[1]
     finally:

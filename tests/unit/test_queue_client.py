@@ -315,3 +315,28 @@ def test_background_sweep_removes_expired_keys(clock) -> None:
         q.stop_cleanup()
     assert q.list_keys() == ["long"]
     assert q._sweeper is None
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs", "match"),
+    [
+        ({"type": "t", "params": [1, 2]}, {}, "params must be a dict"),
+        ({"type": "t", "params": "text"}, {}, "params must be a dict"),
+        ({"type": "t", "task_id": ""}, {}, "task_id must be a non-empty string"),
+        ({"type": "t"}, {"delay": 1e12}, "more than 10 years"),
+        ({"type": "t", "delay": float("inf")}, {}, "delay must be"),
+    ],
+)
+def test_bad_tasks_from_the_python_api_are_refused(
+    q: supervisor.MemoryQueue, task: dict[str, Any], kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(TaskError, match=match):
+        q.push_task(task, **kwargs)
+    assert q.get_queue_size() == 0
+
+
+def test_the_broker_refuses_an_empty_task_id_and_a_far_delay(q: supervisor.MemoryQueue) -> None:
+    with pytest.raises(TaskError, match="not empty"):
+        q.broker.push({"type": "t", "params": b"", "task_id": ""})
+    with pytest.raises(TaskError, match="10 years"):
+        q.broker.push({"type": "t", "params": b"", "delay": 4e8})

@@ -1,106 +1,184 @@
-"""Control and queries over task records: cancel, list, count, purge.
+"""Control and queries over the task core's records: cancel, retry, TTL, list, count, purge, stats.
 
-A mixin of :class:`~supervisor.broker.embedded.memory.MemoryBroker` (the durable broker overrides
-the
-queries to read its database).
+Functions of a :class:`~supervisor.broker.embedded.core.TaskCore`, called with the broker's lock
+held. ``stats`` is O(priorities + task types), whatever the number of records: it is scraped
+often. The durable broker answers the queries over every record from its database instead.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from supervisor.broker import base
+from supervisor.broker.embedded.core import TaskCore
 from supervisor.broker.records import TaskRecord
 from supervisor.errors import TaskError
+from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN
 
 
-class ControlMixin:
-    _cond: threading.Condition
-    _clock: Callable[[], float]
-    _active: dict[str, TaskRecord]
-    _finished: OrderedDict[str, TaskRecord]
-    _held: dict[str, str]
-    _by_status: Counter[str]
+def expired(core: TaskCore, rec: TaskRecord, now: float) -> bool:
+    """Whether a finished record outlived its time to live (it is then unknown)."""
+    if rec.finished_at is None or rec.status not in base.FINAL_STATUSES:
+        return False
+    ttl = core.result_ttl if rec.status == base.SUCCEEDED else core.failure_ttl
+    return rec.finished_at + ttl <= now
 
-    def _finish(self, rec: TaskRecord, status: str, now: float) -> None:
-        raise NotImplementedError
 
-    def _uncount(self, rec: TaskRecord) -> None:
-        raise NotImplementedError
+def lookup(core: TaskCore, task_id: str) -> TaskRecord | None:
+    """The live or finished record of ``task_id`` (None: unknown, or past its TTL)."""
+    rec = core.active.get(task_id) or core.finished.get(task_id)
+    return None if rec is None or expired(core, rec, core.clock()) else rec
 
-    def _check_counts(self) -> None:
-        raise NotImplementedError
 
-    def cancel(self, task_id: str) -> str:
-        """``cancelled`` (it was waiting), ``cancelling`` (it runs: its worker is told, then
-        killed after a grace), ``finished`` or ``unknown``. Never retried afterwards."""
-        with self._cond:
-            rec = self._active.get(task_id)
-            if rec is None:
-                return "finished" if task_id in self._finished else "unknown"
-            now = self._clock()
-            if rec.cancel_requested_at is None:
-                rec.cancel_requested_at = now
-            if rec.status == base.RUNNING:
-                return "cancelling"
-            self._finish(rec, base.CANCELLED, now)  # its lane entry goes stale
-            return base.CANCELLED
+def expire_finished(core: TaskCore, now: float) -> int:
+    """Forget finished records past their TTL, oldest first. Records are in the order they
+    finished: the scan stops at the first one younger than the shorter TTL."""
+    young_after = now - min(core.result_ttl, core.failure_ttl)
+    gone = []
+    for task_id, rec in core.finished.items():
+        if (rec.finished_at or now) > young_after:
+            break
+        if expired(core, rec, now):
+            gone.append(task_id)
+    for task_id in gone:
+        core.counts.uncount(core.finished.pop(task_id))
+    return len(gone)
 
-    def pending_cancels(self) -> list[tuple[str, str, float]]:
-        """(consumer, task id, requested at) of running tasks a user cancelled."""
-        with self._cond:
-            return [
-                (c, t, r.cancel_requested_at)
-                for c, t in self._held.items()
-                if (r := self._active.get(t)) is not None and r.cancel_requested_at is not None
-            ]
 
-    def list_tasks(
-        self,
-        status: str | None = None,
-        task_type: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """Task records in memory, newest first (the durable broker reads its database)."""
-        with self._cond:
-            recs = [
-                r
-                for r in (*self._active.values(), *self._finished.values())
-                if (status is None or r.status == status)
-                and (task_type is None or r.type == task_type)
-                and (since is None or r.pushed_at >= since)
-            ]
-            recs.sort(key=lambda r: r.pushed_at, reverse=True)
-            return [r.as_dict() for r in recs[: max(1, limit)]]
+def cancel(core: TaskCore, task_id: str) -> str:
+    """``cancelled`` (it was waiting), ``cancelling`` (it runs: its master is told, then kills
+    it after a grace), ``finished`` or ``unknown``. Never retried afterwards."""
+    rec = core.active.get(task_id)
+    if rec is None:
+        return "finished" if lookup(core, task_id) is not None else "unknown"
+    now = core.clock()
+    if rec.cancel_requested_at is None:
+        rec.cancel_requested_at = now
+    if rec.status == base.RUNNING:
+        core.changes.changed(rec)  # recorded: a restart must not retry the task
+        return "cancelling"
+    core.finish(rec, base.CANCELLED, now)  # its lane entry goes stale
+    return base.CANCELLED
 
-    def get_queue_stats(self) -> dict[str, int]:
-        """Counts of the task records in memory by status."""
-        with self._cond:
-            return {s: n for s, n in self._by_status.items() if n}
 
-    def purge(self, status: str, older_than_s: float) -> int:
-        """Forget finished records of ``status`` that finished more than ``older_than_s`` ago."""
-        if status not in base.FINAL_STATUSES:
-            raise TaskError(
-                f"only finished tasks can be purged "
-                f"({', '.join(base.FINAL_STATUSES)}), got {status!r}"
-            )
-        with self._cond:
-            cutoff = self._clock() - older_than_s
-            old = [
-                t
-                for t, r in self._finished.items()
-                if r.status == status and (r.finished_at or 0) < cutoff
-            ]
-            for t in old:
-                self._uncount(self._finished.pop(t))
-            return len(old)
+def pending_cancels(core: TaskCore) -> list[tuple[str, str, float]]:
+    return [
+        (c, t, r.cancel_requested_at)
+        for c, t in core.held.items()
+        if (r := core.active.get(t)) is not None and r.cancel_requested_at is not None
+    ]
 
-    def held(self) -> dict[str, str]:
-        """consumer -> task id, for every task being run now."""
-        with self._cond:
-            return dict(self._held)
+
+def retry(core: TaskCore, task_id: str) -> bool:
+    """Queue a dead or cancelled task again, attempts reset, its error history kept."""
+    rec = lookup(core, task_id)
+    if rec is None or rec.status not in (base.DEAD, base.CANCELLED):
+        return False
+    if core.existing_unique(rec) not in (None, task_id):
+        return False  # another live task holds its unique key now
+    rec.attempts = 0
+    rec.eta = None
+    rec.finished_at = None
+    rec.cancel_requested_at = None
+    core.enqueue(rec)  # takes it out of the finished records
+    return True
+
+
+def check_final(status: str) -> None:
+    if status not in base.FINAL_STATUSES:
+        raise TaskError(
+            f"only finished tasks can be purged ({', '.join(base.FINAL_STATUSES)}), got {status!r}"
+        )
+
+
+def purge(core: TaskCore, status: str, older_than_s: float) -> int:
+    """Forget finished records of ``status`` that finished more than ``older_than_s`` ago."""
+    check_final(status)
+    cutoff = core.clock() - older_than_s
+    old = [
+        t for t, r in core.finished.items() if r.status == status and (r.finished_at or 0) < cutoff
+    ]
+    for t in old:
+        core.counts.uncount(core.finished.pop(t))
+    return len(old)
+
+
+def list_records(
+    core: TaskCore, status: str | None, task_type: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    now = core.clock()
+    recs = [
+        r
+        for r in (*core.active.values(), *core.finished.values())
+        if (status is None or r.status == status)
+        and (task_type is None or r.type == task_type)
+        and (since is None or r.pushed_at >= since)
+        and not expired(core, r, now)
+    ]
+    recs.sort(key=lambda r: r.pushed_at, reverse=True)
+    return [r.as_dict() for r in recs[: max(1, limit)]]
+
+
+def check_counts(core: TaskCore) -> None:
+    core.counts.check(
+        len(core.active) + len(core.finished),
+        lambda: (*core.active.values(), *core.finished.values()),
+    )
+
+
+def queue_size(core: TaskCore) -> int:
+    core.promote(core.clock())
+    check_counts(core)
+    return sum(core.counts.ready)
+
+
+def is_live(core: TaskCore, task_id: str, seq: int) -> bool:
+    rec = core.active.get(task_id)
+    return rec is not None and rec.seq == seq and rec.status == base.QUEUED
+
+
+def oldest_ready_at(core: TaskCore, prio: int) -> float | None:
+    """When the longest-waiting ready task of a lane became ready (None: lane empty).
+
+    Lanes are FIFO by ready time except entries put back at the front (shutdown requeues),
+    which sit before every other entry: look at those and the first ordinary live entry.
+    Stale entries at the head are dropped on the way (``take`` would skip them anyway)."""
+    lane = core.ready[prio]
+    while lane and not is_live(core, *lane[0]):
+        core.front_seqs.discard(lane.popleft()[1])
+    oldest: float | None = None
+    for task_id, seq in lane:
+        rec = core.active.get(task_id)
+        if rec is None or rec.seq != seq or rec.status != base.QUEUED:
+            continue
+        ready_at = rec.ready_at if rec.ready_at is not None else core.clock()
+        oldest = ready_at if oldest is None else min(oldest, ready_at)
+        if seq not in core.front_seqs:
+            break
+    return oldest
+
+
+def stats(core: TaskCore) -> dict[str, Any]:
+    """The queue's part of ``Broker.stats`` (the broker adds the store's size)."""
+    now = core.clock()
+    core.promote(now)
+    check_counts(core)
+    by_priority: dict[int, int] = {}
+    oldest: dict[int, float] = {}
+    for prio in range(PRIORITY_MIN, PRIORITY_MAX + 1):
+        if core.counts.ready[prio]:
+            by_priority[prio] = core.counts.ready[prio]
+            ready_at = oldest_ready_at(core, prio)
+            oldest[prio] = 0.0 if ready_at is None else max(0.0, now - ready_at)
+    counts = core.counts.nonzero()
+    return {
+        "queued": sum(by_priority.values()),
+        "by_priority": by_priority,
+        "oldest_age_s": oldest,
+        "scheduled": counts.get(base.SCHEDULED, 0),
+        "retrying": counts.get(base.RETRYING, 0),
+        "running": len(core.held),
+        "by_status": counts,
+        "dispatching": core.dispatching,
+        "counters": dict(core.counters),
+    }

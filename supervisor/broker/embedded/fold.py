@@ -26,65 +26,17 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import pickle
-import re
 import signal
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from supervisor import osutil
+from supervisor.broker.embedded.frames import Row, log_files, parse
 from supervisor.errors import BrokerError
-
-FRAME = struct.Struct("<II")  # payload length, crc32
-Row = tuple[Any, ...]
-
-
-def frame(rows: list[Row]) -> bytes:
-    payload = pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def parse(data: Any, at: int = 0) -> tuple[list[Row], int, str]:
-    """Rows of the frames in ``data`` (bytes or a mapping) from offset ``at``.
-
-    Returns (rows, the offset after the last good frame, why it stopped): ``"end"`` at the
-    zero-filled rest of a file or its end, ``"torn"`` at a frame that is incomplete or does not
-    match its checksum (the tail of a crash, or a frame being written right now)."""
-    rows: list[Row] = []
-    size_all = len(data)
-    while at + FRAME.size <= size_all:
-        size, crc = FRAME.unpack_from(data, at)
-        if size == 0 and crc == 0:
-            return rows, at, "end"
-        start, end = at + FRAME.size, at + FRAME.size + size
-        if end > size_all:
-            return rows, at, "torn"
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            return rows, at, "torn"
-        try:
-            batch = pickle.loads(payload)
-        except Exception:
-            return rows, at, "torn"
-        if isinstance(batch, list):
-            rows.extend(r for r in batch if isinstance(r, tuple) and r and isinstance(r[0], str))
-        at = end
-    return rows, at, "end" if at == size_all else "torn"
-
-
-def log_files(base: Path) -> list[tuple[int, Path]]:
-    """The log files ``BASE.N``, oldest first."""
-    pattern = re.compile(re.escape(base.name) + r"\.(\d+)$")
-    found = [
-        (int(m[1]), p) for p in base.parent.glob(base.name + ".*") if (m := pattern.match(p.name))
-    ]
-    return sorted(found)
 
 
 class LogFolder:

@@ -29,33 +29,24 @@ from __future__ import annotations
 
 import mmap
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
+from sqlalchemy import exc as sa_exc
 
-from supervisor.broker.embedded.fold import (
-    FRAME,
-    FoldProcess,
-    LogFolder,
-    Row,
-    frame,
-    log_files,
-    parse,
-)
+from supervisor.broker.embedded.fold import FoldProcess, LogFolder
+from supervisor.broker.embedded.frames import FRAME, Row, frame, log_files, read_log
 from supervisor.broker.embedded.tasktable import TaskTable
 from supervisor.broker.records import TaskRecord
-from supervisor.errors import BrokerError
+from supervisor.errors import BrokerError, DatabaseBusy
 from supervisor.policy import compute_backoff
 
-
-def read_log(path: Path) -> tuple[list[Row], bool]:
-    """Every row in the log file at ``path``, in order; and whether it ended cleanly."""
-    rows, _, why = parse(path.read_bytes())
-    return rows, why == "end"
+T = TypeVar("T")
 
 
 class Journal:
@@ -147,26 +138,34 @@ class Journal:
         self._mm, self._size, self._file_no, self._file_bytes = mm, size, number, 0
 
     # -- reading (the table, once what was appended is folded) -------------------------------
-    def _fold_quietly(self) -> None:
+    def _read(self, read: Callable[[], T]) -> T:
+        """``read()`` of the table once every appended change is folded into it. A table that
+        cannot be brought up to date (its file locked by another process: a backup, a
+        migration) would answer wrong (rows missing, old statuses): refuse instead."""
         try:
             self.fold()
-        except Exception as exc:  # the table may be a moment behind; say so, answer anyway
-            self.log.warning("journal fold before a read failed: {}", exc)
+            return read()
+        except (BrokerError, sa_exc.SQLAlchemyError, sqlite3.Error) as exc:
+            where = self.table.engine.url.render_as_string(hide_password=True)
+            cause = getattr(exc, "orig", None) or exc
+            self.log.warning("task records not read: the task table is not up to date: {}", cause)
+            raise DatabaseBusy(
+                f"task records cannot be read now: the task table in {where} is locked or "
+                f"unreachable ({cause}); another process may hold a lock on it (a backup, a "
+                "migration); nothing is lost: retry once it is released"
+            ) from None
 
     def load_active(self) -> list[TaskRecord]:
         return self.table.load_active()
 
     def get(self, task_id: str) -> TaskRecord | None:
-        self._fold_quietly()
-        return self.table.get(task_id)
+        return self._read(lambda: self.table.get(task_id))
 
     def query(self, **filters: Any) -> list[TaskRecord]:
-        self._fold_quietly()
-        return self.table.query(**filters)
+        return self._read(lambda: self.table.query(**filters))
 
     def counts(self) -> dict[str, int]:
-        self._fold_quietly()
-        return self.table.counts()
+        return self._read(self.table.counts)
 
     def delete(self, where: Any) -> int:
         # Everything logged so far is folded, and its file completed (and so deleted by the
@@ -287,10 +286,12 @@ def open_journal(
     run_dir: str,
     clock: Callable[[], float] = time.time,
     fold_process: bool = False,
+    busy_timeout_s: float = 5.0,
     **options: Any,
 ) -> Journal:
     """The journal for a database URL: the log sits next to a SQLite file, else in ``run_dir``.
-    ``fold_process``: fold in a child process (the broker), else in this one."""
+    ``fold_process``: fold in a child process (the broker), else in this one; ``busy_timeout_s``:
+    how long a locked SQLite file is waited for before a read is refused."""
     from sqlalchemy.engine import make_url
 
     from supervisor.db import make_engine
@@ -300,7 +301,7 @@ def open_journal(
         log_path = Path(str(url.database) + ".tasklog")
     else:
         log_path = Path(run_dir) / "tasks.tasklog"
-    table = TaskTable(make_engine(database_url), clock=clock)
+    table = TaskTable(make_engine(database_url, busy_timeout_s=busy_timeout_s), clock=clock)
     folder = (
         FoldProcess(url.render_as_string(hide_password=False), log_path) if fold_process else None
     )

@@ -28,8 +28,8 @@ from multiprocess import managers
 
 from supervisor import osutil
 from supervisor.broker.base import CONTRACT_METHODS
+from supervisor.broker.embedded.dispatcher import HOT_METHODS, PARKED
 from supervisor.broker.embedded.memory import MemoryBroker
-from supervisor.broker.embedded.parking import HOT_METHODS, PARKED
 from supervisor.broker.embedded.wire import SERIALIZER
 from supervisor.errors import BrokerError
 
@@ -41,14 +41,14 @@ class BrokerServer(managers.Server):
 
     The protocol, the auth handshake and the thread per connection are the manager's; what
     changes is that ``push``, ``push_many``, ``exchange`` and ``report`` go through the broker's
-    ``serve_hot``, which can park a worker's exchange (the answer comes later, from whichever
-    thread makes a task ready: see :mod:`supervisor.broker.embedded.parking`) and returns
-    hand-overs for
-    this thread to send to parked workers. Everything else is served as the manager serves it."""
+    dispatcher (:mod:`supervisor.broker.embedded.dispatcher`), which can park a worker's exchange
+    (the answer comes later, from whichever thread makes a task ready) and returns hand-overs
+    for this thread to send to parked workers. Everything else is served as the manager serves
+    it, and only the contract's methods are exposed."""
 
     def serve_client(self, conn: Any) -> None:
         broker = self.id_to_obj[BROKER_IDENT][0]
-        serve_hot = getattr(broker, "serve_hot", None)
+        dispatcher = broker.dispatcher
         send_lock = threading.Lock()
         closed = False
 
@@ -72,9 +72,9 @@ class BrokerServer(managers.Server):
                 except (TypeError, ValueError):
                     conn.send(("#TRACEBACK", f"malformed request {request!r:.200}"))
                     continue
-                if serve_hot is not None and ident == BROKER_IDENT and method in HOT_METHODS:
-                    result, error, handoffs = serve_hot(method, args, kwds, sink)
-                    broker.deliver(handoffs)
+                if ident == BROKER_IDENT and method in HOT_METHODS and not kwds:
+                    result, error, handoffs = dispatcher.serve(method, args, sink)
+                    dispatcher.deliver(handoffs)
                     if result is PARKED:
                         parked_as = args[0]
                         continue
@@ -94,7 +94,7 @@ class BrokerServer(managers.Server):
             with send_lock:
                 closed = True
                 if parked_as is not None:
-                    broker.unpark(parked_as, sink)
+                    dispatcher.withdraw(parked_as, sink)
                 conn.close()
 
     def _generic(self, conn: Any, ident: Any, method: str, args: Any, kwds: Any) -> tuple[str, Any]:
@@ -152,10 +152,7 @@ def serve(
     try:
         server.serve_forever()
     finally:
-        broker.stop_dispatcher()  # parked workers are answered None, not left hanging
-        close = getattr(broker, "close", None)
-        if close is not None:
-            close()  # the durable broker commits what its journal still holds
+        broker.close()  # parked workers are answered None; the journal commits what it holds
 
 
 def start_broker_process(

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from supervisor.broker.base import PublicStore
 from supervisor.errors import StoreError
 
 MAX_KEY_LEN = 1024
@@ -37,7 +38,7 @@ def check_ttl(ttl: object) -> float | None:
     return float(ttl)
 
 
-class MemoryStore:
+class MemoryStore(PublicStore):
     """Thread-safe dict of ``key -> (value, expires_at)``.
 
     Keys with a TTL are also in a heap by expiry, so a sweep costs what expired, not the whole
