@@ -1,13 +1,17 @@
 """The contract suite's brokers: every test in tests/contract runs once per implementation.
 
 A test asks for ``make`` and calls ``make(task_types=..., default_options=..., ...)`` to get a
-fresh broker of the implementation named in its id (``[memory]``, ``[durable]``). Every broker
-runs on the fake clock ``clock``; ``elapse(seconds)`` moves time for the broker under test.
+fresh broker of the implementation named in its id (``[memory]``, ``[durable]``, ``[redis]``).
+Every broker runs on the fake clock ``clock`` for task times (etas, backoffs, records). The
+Redis broker keeps store TTLs with Redis' own expiry, in real time: the store's TTL tests wait
+for it with a deadline poll. Redis runs as a private ``redis-server`` (a free port, a temp
+folder) for the session; each broker gets a key prefix of its own.
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +22,21 @@ from supervisor.broker.base import Broker
 from supervisor.broker.embedded.durable import DurableBroker
 from supervisor.broker.embedded.journal import open_journal
 from supervisor.broker.embedded.memory import MemoryBroker
+from tests.helpers import require_service
+from tests.redisserver import RedisServer, redis_server_path
 from tests.unit.conftest import FakeClock
 
 MakeBroker = Callable[..., Broker]
-IMPLEMENTATIONS = ["memory", "durable"]
+IMPLEMENTATIONS = ["memory", "durable", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    require_service(redis_server_path() is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -35,8 +50,11 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make(kind: str, clock: FakeClock, tmp_path: Path) -> Iterator[MakeBroker]:
+def make(
+    kind: str, clock: FakeClock, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[MakeBroker]:
     made: list[Any] = []
+    redis_url = request.getfixturevalue("redis_server").url if kind == "redis" else None
 
     def make_broker(**options: Any) -> Broker:
         options.setdefault("rng", random.Random(0))
@@ -50,6 +68,11 @@ def make(kind: str, clock: FakeClock, tmp_path: Path) -> Iterator[MakeBroker]:
                 clock=clock,
                 **options,
             )
+        elif kind == "redis":
+            from supervisor.broker.redis import RedisBroker
+
+            prefix = f"c{uuid.uuid4().hex[:12]}"
+            broker = RedisBroker(url=redis_url, prefix=prefix, node="a", clock=clock, **options)
         else:  # pragma: no cover - a new implementation must be added above
             raise AssertionError(f"unknown broker implementation {kind!r}")
         made.append(broker)

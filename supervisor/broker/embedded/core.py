@@ -26,8 +26,8 @@ from supervisor.broker import base
 from supervisor.broker.base import Report
 from supervisor.broker.embedded.changes import ChangeSink, NullSink
 from supervisor.broker.embedded.counts import StatusCounts
-from supervisor.broker.embedded.validate import validate
 from supervisor.broker.records import TaskRecord
+from supervisor.broker.validate import validate
 from supervisor.errors import DuplicateTaskId, TaskError
 from supervisor.policy import compute_backoff
 from supervisor.registry import PRIORITY_MAX, TaskOptions

@@ -1,7 +1,8 @@
 """Turning a pushed message into a task record, or refusing it with a message naming the field.
 
-Pure: the broker calls it with its lock held and its own clock, so a producer's clock skew never
-shifts a ``delay``. Nothing here changes any state; a refused push leaves the broker untouched.
+Shared by every broker, so that each refuses the same messages with the same words. Pure: the
+broker calls it with its own clock, so a producer's clock skew never shifts a ``delay``. Nothing
+here changes any state; a refused push leaves the broker untouched.
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""The status board on Redis (the master's status per node, the scheduler's document), the
+server checks, and ping."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from supervisor.broker.redis import codec
+from supervisor.broker.redis.core import Core
+from supervisor.errors import TaskError
+from supervisor.registry import TaskOptions
+
+SCHEDULER_FIELD = "\x00scheduler"  # a field no node name can be (nodes are host:pid)
+
+
+class HubMixin(Core):
+    def stats(self) -> dict[str, Any]:
+        """Provided by the broker (see :meth:`RedisBroker.stats`)."""
+        raise NotImplementedError
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        """This node's master's view of its workers (replaces its previous one)."""
+        doc = json.dumps(status, default=str)
+        with self._guard():
+            self._client.hset(self._keys.status, self._node, doc)
+
+    def master_status(self) -> dict[str, Any]:
+        """This node's master's last published status (empty before the first)."""
+        with self._guard():
+            blob = self._client.hget(self._keys.status, self._node)
+        return {} if blob is None else dict(json.loads(blob))
+
+    def node_statuses(self) -> dict[str, dict[str, Any]]:
+        """Every node's last published master status, by node name."""
+        with self._guard():
+            docs = self._client.hgetall(self._keys.status)
+        return {
+            codec.text(k): dict(json.loads(v))
+            for k, v in docs.items()
+            if codec.text(k) != SCHEDULER_FIELD
+        }
+
+    def forget_node(self, node: str | None = None) -> None:
+        """Drop what a node (default: this one) keeps in Redis apart from tasks: its status,
+        dispatching flag and metric observations. For a master's clean exit; a node that died
+        leaves a few small entries (the observations expire within a day)."""
+        name = node or self._node
+        with self._guard():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hdel(self._keys.status, name)
+            pipe.hdel(self._keys.dispatch, name)
+            pipe.delete(self._keys.obs(name))
+            pipe.execute()
+
+    def get_status(self) -> dict[str, Any]:
+        """``{"master": this node's, "stats": ..., "scheduler": ... | None}``."""
+        scheduler, age = self.scheduler_status()
+        return {
+            "master": self.master_status(),
+            "stats": self.stats(),
+            "scheduler": {**scheduler, "report_age_s": age} if scheduler else None,
+        }
+
+    def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
+        """The scheduler's status document; the board notes when it came (this clock)."""
+        if not isinstance(doc, dict):
+            raise TaskError(f"scheduler status must be a dict, got {type(doc).__name__}")
+        blob = json.dumps({"doc": doc, "at": codec.time_str(self._clock())}, default=str)
+        with self._guard():
+            self._client.hset(self._keys.status, SCHEDULER_FIELD, blob)
+
+    def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
+        """The scheduler's last document and its age in seconds (None: never published)."""
+        with self._guard():
+            blob = self._client.hget(self._keys.status, SCHEDULER_FIELD)
+        if blob is None:
+            return {}, None
+        data = json.loads(blob)
+        at = codec.time_or_none(data.get("at"))
+        return dict(data.get("doc") or {}), (None if at is None else self._clock() - at)
+
+    def known_task_types(self) -> list[str]:
+        """The task type names this instance accepts (empty when any type is accepted)."""
+        types: dict[str, TaskOptions] | None = self._types
+        return sorted(types or ())
+
+    def ping(self) -> str:
+        """``"pong"`` when Redis answers (BrokerError otherwise)."""
+        with self._guard():
+            self._client.ping()
+        return "pong"
+
+    def check_server(self) -> list[str]:
+        """What makes this server unsafe for the broker (empty: fine): Redis older than 7,
+        an eviction policy other than ``noeviction`` (keys would vanish), AOF off (a restart
+        would lose accepted tasks). CONFIG may be refused on managed servers: said so."""
+        problems = []
+        with self._guard():
+            version = codec.text(self._client.info("server").get("redis_version", "0"))
+            try:
+                conf = self._client.config_get("maxmemory-policy")
+                conf.update(self._client.config_get("appendonly"))
+            except Exception as exc:  # CONFIG renamed or refused
+                return [f"cannot read the server's config: {exc}"]
+        if int(version.split(".")[0] or 0) < 7:
+            problems.append(f"Redis {version} is older than 7")
+        policy = codec.text(conf.get("maxmemory-policy"))
+        if policy != "noeviction":
+            problems.append(f"maxmemory-policy is {policy!r}, not 'noeviction'")
+        if codec.text(conf.get("appendonly")) != "yes":
+            problems.append("appendonly is off: a restart loses what was not saved")
+        return problems

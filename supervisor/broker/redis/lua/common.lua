@@ -1,0 +1,231 @@
+-- Shared by every task script (prepended by scripts.py). Every key is in KEYS, in this order
+-- (see keys.py TASK_KEYS); ARGV[1..6] is the header below, a script's own arguments follow.
+local K_TASK, K_PARAMS, K_RESULT, K_READY, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_UNIQ, K_COUNTS, K_NSTATUS, K_DONE, K_EXPIRE = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_LEASE, K_OWNER, K_HELD, K_SEQ, K_WAKE = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local K_EVENTS, K_CANCEL, K_DISPATCH, K_KVIDX = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
+local K_OBS = KEYS[20] -- this node's observations for its metrics (bounded list)
+
+-- Times in records are strings of epoch seconds made by the caller's clock (cjson keeps only
+-- 14 digits of a number); zset scores are milliseconds.
+local NOW = ARGV[1]
+local NOW_N = tonumber(ARGV[1])
+local NOW_MS = NOW_N * 1000
+local NODE = ARGV[2]
+local CAP = tonumber(ARGV[3])
+local OK_TTL_MS = tonumber(ARGV[4])
+local FAIL_TTL_MS = tonumber(ARGV[5])
+local LEASE_MS = tonumber(ARGV[6])
+local A0 = 6 -- a script's own arguments start at ARGV[A0 + 1]
+
+local NULL = cjson.null
+local BAND = 1099511627776 -- 2^40: ready score = (10 - priority) * BAND + seq
+local SEP = '\31'
+local WAKE_MAX = 64
+local PROMOTE_BATCH = 100
+
+local function isnull(v) return v == nil or v == NULL end
+
+local function active(status)
+  return status == 'queued' or status == 'running' or status == 'scheduled'
+    or status == 'retrying'
+end
+
+local function redis_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function load(id)
+  local s = redis.call('HGET', K_TASK, id)
+  if not s then return nil end
+  return cjson.decode(s)
+end
+
+local function save(rec)
+  local blob = cjson.encode(rec)
+  redis.call('HSET', K_TASK, rec.task_id, blob)
+  return blob
+end
+
+local function counter(ev, ttype, st)
+  redis.call('HINCRBY', K_COUNTS, ev .. SEP .. ttype .. SEP .. st, 1)
+end
+
+local OBS_MAX = 10000
+local function observe(ev, ttype, st, seconds)
+  local n = redis.call('RPUSH', K_OBS, ev .. SEP .. ttype .. SEP .. st .. SEP .. seconds)
+  if n == 1 then redis.call('PEXPIRE', K_OBS, 86400000) end -- a dead node's list goes away
+  if n > OBS_MAX then redis.call('LTRIM', K_OBS, -OBS_MAX, -1) end
+end
+
+local function event(rec)
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', 100000, '*', 'id', rec.task_id,
+    'status', rec.status, 'attempt', rec.attempts, 'at', NOW)
+end
+
+-- Every status change of a stored record goes through here (the by-status counts).
+local function set_status(rec, status)
+  if not isnull(rec.status) then redis.call('HINCRBY', K_NSTATUS, rec.status, -1) end
+  rec.status = status
+  redis.call('HINCRBY', K_NSTATUS, status, 1)
+end
+
+local function ready_score(rec)
+  return string.format('%.0f', (10 - rec.priority) * BAND + rec.seq)
+end
+
+local function wake(n)
+  if n <= 0 then return end
+  if n > WAKE_MAX then n = WAKE_MAX end
+  local tokens = {}
+  for i = 1, n do tokens[i] = '1' end
+  redis.call('LPUSH', K_WAKE, unpack(tokens))
+  redis.call('LTRIM', K_WAKE, 0, WAKE_MAX - 1)
+end
+
+-- Track rec as active: delayed (as delayed_status) until its eta, else ready. keep_seq puts it
+-- back at its old place (a shutdown requeue). Returns 1 when it became ready. Saves rec.
+local function enqueue(rec, delayed_status, keep_seq)
+  if not keep_seq or isnull(rec.seq) then rec.seq = redis.call('INCR', K_SEQ) end
+  if not isnull(rec.unique_key) then redis.call('HSET', K_UNIQ, rec.unique_key, rec.task_id) end
+  redis.call('ZREM', K_DONE, rec.task_id)
+  redis.call('ZREM', K_EXPIRE, rec.task_id)
+  local ready = 0
+  local eta = nil
+  if not isnull(rec.eta) then eta = tonumber(rec.eta) end
+  if eta and eta > NOW_N then
+    set_status(rec, delayed_status)
+    redis.call('ZADD', K_DELAYED, eta * 1000, rec.task_id)
+  else
+    set_status(rec, 'queued')
+    rec.ready_at = NOW
+    redis.call('ZADD', K_READY, ready_score(rec), rec.task_id)
+    ready = 1
+  end
+  save(rec)
+  event(rec)
+  return ready
+end
+
+-- Forget a finished record (cap, retention, purge).
+local function forget(id)
+  local rec = load(id)
+  if rec then redis.call('HINCRBY', K_NSTATUS, rec.status, -1) end
+  redis.call('HDEL', K_TASK, id)
+  redis.call('HDEL', K_PARAMS, id)
+  redis.call('HDEL', K_RESULT, id)
+  redis.call('ZREM', K_DONE, id)
+  redis.call('ZREM', K_EXPIRE, id)
+end
+
+local function release_lease(id)
+  redis.call('ZREM', K_LEASE, id)
+  redis.call('HDEL', K_OWNER, id)
+end
+
+local function finish(rec, status)
+  local id = rec.task_id
+  if not isnull(rec.unique_key) and redis.call('HGET', K_UNIQ, rec.unique_key) == id then
+    redis.call('HDEL', K_UNIQ, rec.unique_key)
+  end
+  redis.call('ZREM', K_READY, id)
+  redis.call('ZREM', K_DELAYED, id)
+  release_lease(id)
+  redis.call('HDEL', K_CANCEL, id)
+  if rec.status == 'running' and not isnull(rec.started_at) then -- run time of attempts that ran
+    observe('finished', rec.type, status, string.format('%.6f', NOW_N - tonumber(rec.started_at)))
+  end
+  set_status(rec, status)
+  rec.finished_at = NOW
+  rec.consumer = NULL
+  rec.node = NULL
+  rec.lease_until = NULL
+  save(rec)
+  event(rec)
+  counter('finished', rec.type, status)
+  redis.call('ZADD', K_DONE, NOW_MS, id)
+  local ttl = (status == 'succeeded') and OK_TTL_MS or FAIL_TTL_MS
+  redis.call('ZADD', K_EXPIRE, NOW_MS + ttl, id)
+  while redis.call('ZCARD', K_DONE) > CAP do
+    local oldest = redis.call('ZRANGE', K_DONE, 0, 0)
+    forget(oldest[1])
+  end
+end
+
+-- A failed attempt. fate ('retry' or 'dead') and eta (seconds string) were decided by the
+-- caller under the retry policy; a cancel request or a shutdown overrides them.
+local function fail(rec, reason, err, tb, exit_status, fate, eta)
+  local errors = rec.errors
+  if isnull(errors) or type(errors) ~= 'table' then errors = {} end
+  local entry = {attempt = rec.attempts, reason = reason, at = NOW, error = err,
+    traceback = tb, exit_status = NULL}
+  if exit_status ~= '' then entry.exit_status = tonumber(exit_status) end
+  release_lease(rec.task_id)
+  rec.consumer = NULL
+  rec.node = NULL
+  rec.lease_until = NULL
+  if not isnull(rec.cancel_requested_at) or reason == 'cancelled' then
+    errors[#errors + 1] = entry
+    rec.errors = errors
+    finish(rec, 'cancelled')
+    return 'cancelled'
+  end
+  if reason == 'shutdown' then -- not the task's fault: back at its place, attempt not counted
+    rec.attempts = math.max(0, rec.attempts - 1)
+    rec.errors = errors
+    wake(enqueue(rec, 'scheduled', true))
+    return 'queued'
+  end
+  errors[#errors + 1] = entry
+  rec.errors = errors
+  counter('failed', rec.type, reason)
+  if fate == 'dead' then
+    finish(rec, 'dead')
+    return 'dead'
+  end
+  if eta == '' then rec.eta = NULL else rec.eta = eta end
+  counter('retried', rec.type, reason)
+  wake(enqueue(rec, 'retrying', false))
+  return rec.status
+end
+
+-- Move due delayed tasks to the ready set (a bounded batch); returns how many.
+local function promote(limit)
+  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', NOW_MS, 'LIMIT', 0, limit)
+  local n = 0
+  for _, id in ipairs(due) do
+    redis.call('ZREM', K_DELAYED, id)
+    local rec = load(id)
+    if rec and (rec.status == 'scheduled' or rec.status == 'retrying') then
+      rec.eta = NULL
+      rec.seq = redis.call('INCR', K_SEQ)
+      set_status(rec, 'queued')
+      rec.ready_at = NOW
+      redis.call('ZADD', K_READY, ready_score(rec), id)
+      save(rec)
+      event(rec)
+      n = n + 1
+    end
+  end
+  wake(n)
+  return n
+end
+
+-- The token that fences a held task: qualified consumer and attempt.
+local function token(qc, attempt) return qc .. '|' .. tostring(attempt) end
+
+-- The running record qc holds as task id (attempt: '' for the current one), or nil when the
+-- lease was lost; a stale hold of qc is dropped then.
+local function fenced(qc, id, attempt)
+  if redis.call('HGET', K_HELD, qc) ~= id then return nil end
+  local rec = load(id)
+  local want = attempt
+  if rec and want == '' then want = tostring(rec.attempts) end
+  if not rec or rec.status ~= 'running'
+      or redis.call('HGET', K_OWNER, id) ~= token(qc, want) then
+    redis.call('HDEL', K_HELD, qc)
+    return nil
+  end
+  return rec
+end
