@@ -1,9 +1,10 @@
 """The seed's module-level convenience functions, over one explicit default client.
 
 ``get_queue()`` returns, in a worker, the worker's own connection; in the master, the master's;
-anywhere else, a client connected with ``SUPERVISOR_ADDRESS``/``SUPERVISOR_AUTHKEY`` or the run
-folder's files (see :func:`supervisor.client.proxy.locate`). This is the only module-level state
-in the package, as in the seed.
+anywhere else, a client of the Redis broker at ``SUPERVISOR_BROKER``, or of the master found
+with ``SUPERVISOR_ADDRESS``/``SUPERVISOR_AUTHKEY`` or the run folder's files (see
+:func:`supervisor.client.discovery.locate`). This is the only module-level state in the package,
+as in the seed.
 """
 
 from __future__ import annotations
@@ -20,15 +21,35 @@ _default: Queue | None = None
 _default_pid: int | None = None
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def connect(
     address: str | None = None,
     authkey: str | bytes | None = None,
     run_dir: str | None = None,
     *,
+    broker: str | None = None,
+    key_prefix: str | None = None,
     timeout_s: float | None = None,
     max_payload_bytes: int | None = 1 << 20,
 ) -> Queue:
-    """A new client of a running master's broker (see module docstring for how it is found)."""
+    """A new client of a running master's broker (see module docstring for how it is found).
+
+    ``broker`` (or ``SUPERVISOR_BROKER``, or an ``address`` that is a ``redis://`` or
+    ``rediss://`` URL) names a Redis broker: any process with the URL is a producer or a
+    client, with no run folder; ``key_prefix`` (or ``SUPERVISOR_KEY_PREFIX``, default ``sv``)
+    picks the cluster on that Redis."""
+    url = broker or os.environ.get("SUPERVISOR_BROKER")
+    if url is None and address is not None and address.startswith(REDIS_SCHEMES):
+        url = address
+    if url:
+        from supervisor.broker.redis import RedisBroker
+
+        prefix = key_prefix or os.environ.get("SUPERVISOR_KEY_PREFIX") or "sv"
+        redis_broker = RedisBroker(url=url, prefix=prefix, task_types=None)
+        redis_broker.ping()
+        return Queue(redis_broker, max_payload_bytes=max_payload_bytes)
     client = BrokerClient.from_env(address, authkey, run_dir, timeout_s=timeout_s)
     client.ping()
     return Queue(client, max_payload_bytes=max_payload_bytes)

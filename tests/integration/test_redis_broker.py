@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the environment
         raise
     pytest.skip("redis-py not installed (pip install redis)", allow_module_level=True)
 
+import supervisor
 from supervisor.broker import base
 from supervisor.broker.redis import LeaseLost, RedisBroker
 from supervisor.broker.redis.core import LEASE_GRACE_S
@@ -1054,3 +1055,19 @@ def test_kill_9_and_restart_loses_no_accepted_task(clock: FakeClock) -> None:
         fast.close()
     finally:
         srv.stop()
+
+
+def test_a_producer_with_only_the_url_pushes_and_reads(server: RedisServer) -> None:
+    """The seed API from any machine: supervisor.connect(broker=URL), no run folder."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    q = supervisor.connect(broker=server.url, key_prefix=prefix)
+    tid = q.push_task({"type": "resize", "params": {"path": "/img/1.png"}, "priority": 9})
+    q.set_public("session_token", "token123", ttl=60)
+    other = supervisor.connect(server.url, key_prefix=prefix)  # an address that is a URL
+    assert other.get_public("session_token") == "token123"
+    assert other.get_task_state(tid)["params"] == {"path": "/img/1.png"}
+    assert other.get_queue_size() == 1
+    task = other.pop_task(timeout=0)
+    assert task["task_id"] == tid
+    other.task_done(tid, {"ok": True})
+    assert q.get_task_state(tid)["status"] == "succeeded"

@@ -122,14 +122,15 @@ class HistoryWriter:
         if not self.leads():
             return 0
         self._ensure_group()
-        _, claimed, _ = self.client.xautoclaim(
+        got_claim: Any = self.client.xautoclaim(
             self.stream, GROUP, self.node, self.claim_idle_ms, "0-0", count=self.batch
         )
+        claimed = got_claim[1]
         entries = list(claimed)
         if not entries:
             # Our own pending entries first (a failed upsert), then new ones.
             for start in ("0", ">"):
-                got = self.client.xreadgroup(
+                got: Any = self.client.xreadgroup(
                     GROUP,
                     self.node,
                     {self.stream: start},
