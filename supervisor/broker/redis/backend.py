@@ -1,0 +1,243 @@
+"""Redis as a master's backend: no broker process of ours, leases renewed by the master.
+
+``supervisor run --broker redis://…`` makes the node use Redis for the queue, the public store
+and live task state. The master connects (a clear error naming the URL, without its password,
+when Redis cannot be reached), warns loudly when the server may lose tasks (an eviction policy
+other than ``noeviction``, persistence off), and forks the node process
+(:mod:`supervisor.broker.redis.node`) for its HTTP endpoints and the task history writer.
+
+On its loop (:meth:`RedisBackend.tick`) the master renews the leases of its workers' tasks every
+``lease_s / 3`` (never the workers: a handler that hogs the CPU must not lose its lease) and
+recovers, once a second, the expired leases of any node, as ``worker_lost`` attempts. A worker
+whose lease was lost (this node was cut off longer than a lease, and another node recovered its
+task) is reported by :meth:`lost_consumers`: the master kills it, its late report would be
+refused anyway. Calls from the master use short socket timeouts, and after a failure the backend
+waits before it calls again, so a Redis that hangs never holds up the master's hard timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from supervisor import osutil
+from supervisor.broker.backend import BrokerBackend, Connector
+from supervisor.broker.base import Broker
+from supervisor.broker.redis.broker import RedisBroker
+from supervisor.broker.redis.core import default_node, safe_url
+from supervisor.errors import BrokerError
+from supervisor.policy import compute_backoff
+
+if TYPE_CHECKING:
+    from supervisor.config import Settings
+    from supervisor.master.runfiles import RunFiles
+    from supervisor.master.scoreboard import Scoreboard
+
+MASTER_SOCKET_TIMEOUT_S = 2.0  # a master call to Redis that takes longer fails (and backs off)
+STOP_WAIT_S = 5.0
+
+
+class RedisBackend(BrokerBackend):
+    name = "redis"
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.url: str = str(getattr(settings, "broker", None))
+        self.where = safe_url(self.url)
+        self.prefix: str = getattr(settings, "key_prefix", "sv")
+        self.node: str = getattr(settings, "node_name", None) or default_node()
+        self.lease_s: float = getattr(settings, "lease", 30.0)
+        self._broker: RedisBroker | None = None
+        self._pid: int | None = None
+        self._options: tuple[dict[str, Any], Any] = ({}, None)
+        self._next_renew = 0.0
+        self._next_recover = 0.0
+        self._quiet_until = 0.0  # after a failed call: no call before this (monotonic)
+        self._failures = 0
+        self._lost: list[str] = []
+        self.recovered = 0
+        self.log = logger.bind(component="master", node=self.node)
+
+    def make_broker(self, *, socket_timeout_s: float | None = None) -> RedisBroker:
+        task_types, default = self._options
+        client = None
+        if socket_timeout_s is not None:
+            import redis
+
+            try:
+                client = redis.Redis.from_url(
+                    self.url,
+                    socket_connect_timeout=socket_timeout_s,
+                    socket_timeout=socket_timeout_s,
+                )
+            except ValueError as exc:
+                raise BrokerError(f"bad Redis URL {self.where}: {exc}") from None
+        s = self.settings
+        return RedisBroker(
+            url=self.url,
+            client=client,
+            prefix=self.prefix,
+            node=self.node,
+            task_types=task_types,
+            default_options=default,
+            max_payload_bytes=s.max_payload_bytes,
+            finished_records=s.finished_records,
+            lease_s=self.lease_s,
+            result_ttl_s=s.result_ttl,
+            failure_ttl_s=s.failure_ttl,
+        )
+
+    # -- start -------------------------------------------------------------------------------
+    def start(
+        self,
+        *,
+        run_files: RunFiles,
+        scoreboard: Scoreboard,
+        task_types: dict[str, Any],
+        default_options: Any,
+        fork_guard: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> Broker:
+        from supervisor.broker.redis.node import fork_node_process
+
+        self._options = (task_types, default_options)
+        broker = self.make_broker(socket_timeout_s=MASTER_SOCKET_TIMEOUT_S)
+        broker.ping()  # BrokerError naming the URL when Redis cannot be reached
+        for problem in broker.check_server():
+            self.log.warning("Redis at {} may lose tasks: {}", self.where, problem)
+        self._broker = broker
+        with fork_guard():
+            self._pid = fork_node_process(
+                make_broker=self.make_broker,
+                on_serve=self.http_hook(scoreboard),
+                make_history=self.history_hook(),
+            )
+        return broker
+
+    def http_hook(self, scoreboard: Scoreboard) -> Callable[[Any], None] | None:
+        s = self.settings
+        if not s.metrics:
+            return None
+        from supervisor.web.server import make_on_serve
+
+        return make_on_serve(
+            host=s.metrics_host,
+            port=s.metrics_port,
+            scoreboard=scoreboard,
+            run_dir=s.run_dir,
+            graceful_timeout_s=s.graceful_timeout,
+            api_token=s.api_token,
+            schedules_database=s.database if s.scheduler else None,
+        )
+
+    def history_hook(self) -> Callable[[Any], Any] | None:
+        """The task history writer of the node process (always: the task table is where
+        finished tasks are kept and queried)."""
+        database = self.settings.database
+        node = self.node
+
+        def make(broker: RedisBroker) -> Any:
+            from supervisor.broker.embedded.tasktable import TaskTable
+            from supervisor.broker.redis.history import HistoryWriter
+            from supervisor.broker.redis.keys import Keys
+            from supervisor.db import make_engine
+
+            table = TaskTable(make_engine(database))
+            table.migrate()
+            return HistoryWriter(broker._client, Keys(self.prefix), table, node=node)
+
+        return make
+
+    # -- watch -------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    def on_child_exit(self, pid: int, status: int) -> str:
+        self._pid = None
+        return (
+            f"the node process (HTTP endpoints, task history) died "
+            f"({osutil.describe_status(status)}); the tasks stay in Redis at {self.where}"
+        )
+
+    def connector(self) -> Connector:
+        return self.make_broker
+
+    def describe(self) -> str:
+        return f"Redis at {self.where} (node {self.node}, key prefix {self.prefix!r})"
+
+    def tick(self, now: float, consumers: Iterable[str]) -> None:
+        """Renew this node's leases every lease/3 s; recover expired leases once a second."""
+        broker = self._broker
+        if broker is None or now < self._quiet_until:
+            return
+        try:
+            if now >= self._next_renew:
+                self._next_renew = now + self.lease_s / 3
+                got = broker.renew(sorted(consumers))
+                if got["lost"]:
+                    self._lost.extend(got["lost"])
+            if now >= self._next_recover:
+                self._next_recover = now + 1.0
+                n = broker.recover()
+                if n:
+                    self.recovered += n
+                    self.log.warning(
+                        "recovered {} task(s) whose node stopped renewing their lease", n
+                    )
+        except BrokerError as exc:
+            self._failures += 1
+            wait = compute_backoff(self._failures, base_s=0.5, cap_s=10.0, jitter=False)
+            self._quiet_until = now + wait
+            self._next_renew = min(self._next_renew, now)  # renew first thing when it is back
+            self.log.error("{}; trying again in {:.1f} s", exc, wait)
+            return
+        if self._failures:
+            self.log.info("Redis at {} answers again", self.where)
+        self._failures = 0
+
+    def lost_consumers(self, held: dict[str, str]) -> list[str]:
+        """Consumers (of ``held``: consumer -> task id) whose task's lease was lost; each is
+        named once."""
+        if not self._lost:
+            return []
+        lost = set(self._lost)
+        self._lost.clear()
+        return [c for c, t in held.items() if t in lost]
+
+    # -- stop --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        pid = self._pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = self.clock() + STOP_WAIT_S
+            while self.clock() < deadline:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    break
+                time.sleep(0.01)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            self._pid = None
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._broker.close()
+            self._broker = None

@@ -1,0 +1,117 @@
+"""The Redis backend as the master uses it, without a master: start (checks, the node process),
+lease renewal and recovery on tick, stop; Redis that cannot be reached is a clear error."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from supervisor.broker import base
+from supervisor.broker.embedded.tasktable import TaskTable
+from supervisor.broker.redis.backend import RedisBackend
+from supervisor.db import make_engine
+from supervisor.errors import BrokerError
+from supervisor.master.runfiles import RunFiles
+from supervisor.master.scoreboard import Scoreboard
+from supervisor.registry import TaskOptions
+from tests.helpers import require_service, wait_until
+from tests.redisserver import RedisServer, free_port, redis_server_path
+
+pytestmark = pytest.mark.timeout(60)
+OPTS = TaskOptions(timeout_s=30.0, max_retries=2, backoff_base_s=0.0, backoff_cap_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    require_service(redis_server_path() is not None, "redis-server is not installed")
+    srv = RedisServer()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def settings(tmp_path: Path, url: str, **kw: Any) -> Any:
+    base_settings = dict(
+        broker=url,
+        key_prefix=f"b{uuid.uuid4().hex[:8]}",
+        node_name=None,
+        lease=0.6,
+        database=f"sqlite:///{tmp_path / 'tasks.db'}",
+        max_payload_bytes=1 << 20,
+        finished_records=1000,
+        result_ttl=3600.0,
+        failure_ttl=3600.0,
+        metrics=False,
+        scheduler=False,
+        run_dir=str(tmp_path / "run"),
+    )
+    base_settings.update(kw)
+    return SimpleNamespace(**base_settings)
+
+
+def start(backend: RedisBackend, tmp_path: Path) -> Any:
+    run = RunFiles.prepare(str(tmp_path / "run"), None, None)
+    return backend.start(
+        run_files=run, scoreboard=Scoreboard(4), task_types={"t": OPTS}, default_options=OPTS
+    )
+
+
+def test_unreachable_redis_is_a_clear_error_naming_the_url(tmp_path: Path) -> None:
+    url = f"redis://user:secret@127.0.0.1:{free_port()}/0"
+    backend = RedisBackend(settings(tmp_path, url))
+    with pytest.raises(BrokerError) as err:
+        start(backend, tmp_path)
+    assert "127.0.0.1" in str(err.value) and "secret" not in str(err.value)
+    assert backend.pid is None
+    backend.stop()
+
+
+def test_the_node_process_writes_history_and_stops(server: RedisServer, tmp_path: Path) -> None:
+    s = settings(tmp_path, server.url, node_name="n1")
+    backend = RedisBackend(s)
+    broker = start(backend, tmp_path)
+    try:
+        assert backend.pid is not None and "n1" in backend.describe()
+        tid = broker.push({"type": "t", "params": b"p"})
+        table = TaskTable(make_engine(s.database))
+        wait_until(lambda: table.get(tid) is not None, 10, what="the history writer")
+        assert table.get(tid).status == base.QUEUED
+    finally:
+        backend.stop()
+    assert backend.pid is None
+
+
+def test_tick_renews_this_nodes_leases_and_recovers_a_dead_nodes(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    s = settings(tmp_path, server.url, node_name="alive")
+    alive = RedisBackend(s)
+    broker = start(alive, tmp_path)
+    dead = RedisBackend(settings(tmp_path, server.url, node_name="dead", key_prefix=s.key_prefix))
+    dead._options = ({"t": OPTS}, OPTS)
+    dead_broker = dead.make_broker()
+    try:
+        mine = broker.push({"type": "t", "params": b"", "task_id": "mine"})
+        theirs = broker.push({"type": "t", "params": b"", "task_id": "theirs"})
+        assert broker.pop("worker:0:1")["task_id"] == mine
+        assert dead_broker.pop("worker:0:2")["task_id"] == theirs  # then its node dies
+        clock = [0.0]
+
+        def recovered() -> bool:
+            clock[0] += 0.25
+            alive.tick(clock[0], ["worker:0:1"])
+            return broker.get_task(theirs)["status"] != base.RUNNING
+
+        wait_until(recovered, 10, what="the dead node's task to be recovered")
+        rec = broker.get_task(theirs)
+        assert rec["errors"][-1]["reason"] == base.REASON_WORKER_LOST
+        assert broker.get_task(mine)["status"] == base.RUNNING  # renewed all along
+        assert alive.recovered == 1
+    finally:
+        alive.stop()
+        dead_broker.close()
