@@ -69,3 +69,24 @@ def locate(
                 "give --authkey or SUPERVISOR_AUTHKEY"
             ) from None
     return parse_address(addr_text), key.encode() if isinstance(key, str) else key
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+KEY_PREFIX_FILE = "key_prefix"
+
+
+def published_redis(run_dir: str | None = None) -> tuple[str, str] | None:
+    """(URL, key prefix) of the Redis broker a master of this machine uses, as it wrote them in
+    its run folder (mode 0600), or None when the folder names no Redis broker."""
+    run = Path(run_dir or os.environ.get("SUPERVISOR_RUN_DIR") or default_run_dir())
+    try:
+        url = (run / ADDRESS_FILE).read_text().strip()
+    except OSError:
+        return None
+    if not url.startswith(REDIS_SCHEMES):
+        return None
+    try:
+        prefix = (run / KEY_PREFIX_FILE).read_text().strip() or "sv"
+    except OSError:
+        prefix = "sv"
+    return url, prefix

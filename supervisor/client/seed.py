@@ -13,15 +13,13 @@ import os
 import threading
 from typing import Any
 
+from supervisor.client.discovery import REDIS_SCHEMES, published_redis
 from supervisor.client.proxy import BrokerClient
 from supervisor.client.queue import Queue
 
 _lock = threading.Lock()
 _default: Queue | None = None
 _default_pid: int | None = None
-
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def connect(
@@ -43,6 +41,9 @@ def connect(
     url = broker or os.environ.get("SUPERVISOR_BROKER")
     if url is None and address is not None and address.startswith(REDIS_SCHEMES):
         url = address
+    published = None if url or address else published_redis(run_dir)
+    if published is not None:  # the run folder of a master of this machine that uses Redis
+        url, key_prefix = published[0], key_prefix or published[1]
     if url:
         from supervisor.broker.redis import RedisBroker
 

@@ -3,6 +3,7 @@ lease renewal and recovery on tick, stop; Redis that cannot be reached is a clea
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import supervisor
 from supervisor.broker import base
 from supervisor.broker.embedded.tasktable import TaskTable
 from supervisor.broker.redis.backend import RedisBackend
@@ -77,10 +79,12 @@ def test_the_node_process_writes_history_and_stops(server: RedisServer, tmp_path
     broker = start(backend, tmp_path)
     try:
         assert backend.pid is not None and "n1" in backend.describe()
-        tid = broker.push({"type": "t", "params": b"p"})
+        tid = broker.push({"type": "t", "params": pickle.dumps({"n": 1})})
         table = TaskTable(make_engine(s.database))
         wait_until(lambda: table.get(tid) is not None, 10, what="the history writer")
         assert table.get(tid).status == base.QUEUED
+        local = supervisor.connect(run_dir=s.run_dir)  # found through the run folder
+        assert local.get_task_state(tid)["status"] == base.QUEUED
     finally:
         backend.stop()
     assert backend.pid is None

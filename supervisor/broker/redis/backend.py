@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -32,6 +33,7 @@ from supervisor.broker.backend import BrokerBackend, Connector
 from supervisor.broker.base import Broker
 from supervisor.broker.redis.broker import RedisBroker
 from supervisor.broker.redis.core import default_node, safe_url
+from supervisor.client.discovery import KEY_PREFIX_FILE
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
 
@@ -113,6 +115,8 @@ class RedisBackend(BrokerBackend):
         for problem in broker.check_server():
             self.log.warning("Redis at {} may lose tasks: {}", self.where, problem)
         self._broker = broker
+        run_files.publish(self.url)  # local clients (`supervisor status`) find it there, 0600
+        _write_private(run_files.run_dir / KEY_PREFIX_FILE, self.prefix + "\n")
         with fork_guard():
             self._pid = fork_node_process(
                 make_broker=self.make_broker,
@@ -241,3 +245,9 @@ class RedisBackend(BrokerBackend):
             with contextlib.suppress(Exception):
                 self._broker.close()
             self._broker = None
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
