@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logger.remove()
     logger.add(sys.stderr, level="WARNING")  # the scheduler's warnings (late fires) show
+    logger.enable("supervisor")
     rng = random.Random(args.seed)
     print(f"command: python bench/bench_scheduler.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"machine: {json.dumps(describe())}")

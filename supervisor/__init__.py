@@ -1,7 +1,12 @@
 """supervisor: a multiprocess worker supervisor.
 
-The public API; importing it starts nothing.
+The public API; importing it starts nothing. Like any library, it logs nothing until the
+application asks: a user's script that pushes a task or adds a schedule gets no log lines on its
+stderr. ``supervisor run`` enables the log in :func:`supervisor.logs.setup_logging`; a script
+that wants it calls ``loguru.logger.enable("supervisor")``.
 """
+
+from loguru import logger as _logger
 
 from supervisor.client.queue import MemoryQueue, Queue
 from supervisor.client.seed import (
@@ -34,6 +39,8 @@ from supervisor.registry import TaskOptions, TaskRegistry
 from supervisor.worker.context import TaskContext, cancel_requested, current_task
 
 __version__ = "0.1.0"
+
+_logger.disable("supervisor")
 
 __all__ = [
     "Cancelled",

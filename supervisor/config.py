@@ -10,15 +10,15 @@ came from.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor.config_values import convert
 from supervisor.errors import ConfigError
 
 
@@ -31,6 +31,7 @@ class Field:
     secret: bool = False
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None  # None: no limit, but a float (seconds) is capped at 10 years
     nullable: bool = False
 
     @property
@@ -191,7 +192,9 @@ FIELDS: tuple[Field, ...] = (
         9810,
         "port of the HTTP endpoints (0: any free port, see RUN_DIR/http_address)",
         minimum=0,
+        maximum=65535,
     ),
+    Field("log_successes", bool, False, "log each succeeded task at INFO with its duration"),
 )
 
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
@@ -235,7 +238,11 @@ class Settings:
     metrics_host: str
     api_token: str | None
     metrics_port: int
+    log_successes: bool
     config_file: str | None = None
+    # Where each value came from ("flag --workers", "env SUPERVISOR_WORKERS", "config file x",
+    # "default"): what an error found after loading (a pre-flight check) names.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def defaults(cls, **overrides: Any) -> Settings:
@@ -247,71 +254,11 @@ class Settings:
     def public_dict(self) -> dict[str, Any]:
         """Every setting, with secrets masked: safe to log or show."""
         out = dataclasses.asdict(self)
+        out.pop("sources", None)
         for f in FIELDS:
             if f.secret and out.get(f.name) is not None:
                 out[f.name] = "***"
         return out
-
-
-def _convert(f: Field, raw: Any, source: str) -> Any:
-    if raw is None or (isinstance(raw, str) and f.nullable and raw.strip().lower() in ("", "none")):
-        if f.nullable:
-            return None
-        raise ConfigError(f"{f.name}: a value is required (from {source})")
-    shown = "***" if f.secret else repr(raw)
-    try:
-        if f.kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text not in _BOOLS:
-                raise ValueError
-            return _BOOLS[text]
-        if f.kind is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            value: Any = int(raw)
-        elif f.kind is float:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError
-        else:
-            if not isinstance(raw, str):
-                raise ValueError
-            if not raw.strip():  # an empty run_dir would quietly mean the working directory
-                raise ConfigError(f"{f.name}: a value is required, got {shown} (from {source})")
-            value = raw
-    except (TypeError, ValueError):
-        expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[
-            f.kind
-        ]
-        raise ConfigError(f"{f.name}: expected {expected}, got {shown} (from {source})") from None
-    if f.choices:
-        norm = value.upper() if f.name == "log_level" else value.lower()
-        if norm not in f.choices:
-            raise ConfigError(
-                f"{f.name}: expected one of {', '.join(f.choices)}, got {shown} (from {source})"
-            )
-        value = norm
-    if f.minimum is not None and value < f.minimum:
-        raise ConfigError(
-            f"{f.name}: expected a value >= {f.minimum:g}, got {shown} (from {source})"
-        )
-    return value
-
-
-_BOOLS = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "0": False,
-    "no": False,
-    "off": False,
-}
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -366,20 +313,24 @@ def load_settings(
     if unknown_cli:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown_cli)}")
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for f in FIELDS:
         if f.name in cli:
-            values[f.name] = _convert(f, cli[f.name], f"flag {f.flag}")
+            raw, sources[f.name] = cli[f.name], f"flag {f.flag}"
         elif f.env in env:
-            values[f.name] = _convert(f, env[f.env], f"env {f.env}")
+            raw, sources[f.name] = env[f.env], f"env {f.env}"
         elif f.name in file_values:
-            values[f.name] = _convert(f, file_values[f.name], f"config file {config_file}")
+            raw, sources[f.name] = file_values[f.name], f"config file {config_file}"
         else:
             values[f.name] = f.default() if callable(f.default) else f.default
-    settings = Settings(**values, config_file=config_file)
+            sources[f.name] = "default"
+            continue
+        values[f.name] = convert(f, raw, sources[f.name])
+    settings = Settings(**values, config_file=config_file, sources=sources)
     if settings.backoff_cap < settings.backoff_base:
         raise ConfigError(
             f"backoff_cap: expected a value >= backoff_base ({settings.backoff_base:g}), "
-            f"got {settings.backoff_cap:g}"
+            f"got {settings.backoff_cap:g} (from {sources['backoff_cap']})"
         )
     if extra_check is not None:
         extra_check(settings)

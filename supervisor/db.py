@@ -6,7 +6,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from supervisor.errors import ConfigError
+
+# Database backends whose driver comes with an extra of ours: ``pip install 'pkg[extra]'``.
+_EXTRAS = {"postgresql": ("postgres", "postgresql+psycopg://")}
+DISTRIBUTION = "supervisor-workers"
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 5.0, **kwargs: Any) -> Engine:
@@ -18,8 +25,16 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, **kwargs: Any) -> Engi
     SQLAlchemy's ``begin`` emits ``BEGIN`` itself -- ``BEGIN IMMEDIATE`` when the connection
     has the execution option ``sqlite_immediate=True``, which takes the write lock up front so
     that two schedulers on one file are serialized instead of failing on a stale snapshot.
+
+    A URL whose driver is not installed, or that names no known database, raises
+    :class:`~supervisor.errors.ConfigError` naming the URL (password masked) and, for a driver
+    we ship as an extra, the ``pip install`` line. A malformed URL raises SQLAlchemy's
+    ``ArgumentError``.
     """
-    engine = sa.create_engine(url, **kwargs)
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except (ImportError, NoSuchModuleError) as exc:
+        raise ConfigError(missing_driver_message(url, exc)) from None
     if engine.dialect.name != "sqlite":
         return engine
     timeout_ms = int(busy_timeout_s * 1000)
@@ -39,6 +54,33 @@ def make_engine(url: str, *, busy_timeout_s: float = 5.0, **kwargs: Any) -> Engi
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe to log or print)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError, TypeError):
+        return "<unparsable URL>"
+
+
+def missing_driver_message(url: str, exc: BaseException) -> str:
+    """One line: which database URL cannot be used, why, and what to install."""
+    shown = mask_url(url)
+    try:
+        backend, _, driver = make_url(url).drivername.partition("+")
+    except (ArgumentError, ValueError, TypeError):
+        return f"database URL {shown}: not a SQLAlchemy URL"
+    if isinstance(exc, NoSuchModuleError) and backend not in _EXTRAS and backend != "sqlite":
+        return f"database URL {shown}: unknown database {backend!r} (expected sqlite or postgresql)"
+    missing = getattr(exc, "name", None) or driver or backend
+    if backend in _EXTRAS:
+        extra, scheme = _EXTRAS[backend]
+        hint = f"pip install '{DISTRIBUTION}[{extra}]'"
+        if not url.startswith(scheme):
+            hint += f" and write the URL as {scheme}..."
+        return f"database URL {shown}: its driver {missing!r} is not installed; install it: {hint}"
+    return f"database URL {shown}: its driver {missing!r} is not installed"
 
 
 def add_missing_columns(conn: sa.Connection, table: sa.Table) -> list[str]:

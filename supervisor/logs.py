@@ -84,9 +84,12 @@ def _make_sink(fmt: str, stream: TextIO) -> Any:
 def setup_logging(
     fmt: str = "auto", level: str = "INFO", file: str | None = None, stream: TextIO | None = None
 ) -> None:
-    """Replace loguru's handlers with ours (no enqueue thread: the master forks)."""
+    """Replace loguru's handlers with ours (no enqueue thread: the master forks), and enable
+    the package's log, which ``import supervisor`` disables (a library is silent until the
+    application configures logging). Forked children inherit the enabled state."""
     stream = stream or sys.stderr
     resolved = _resolve_format(fmt, stream)
+    logger.enable("supervisor")
     logger.remove()
     logger.add(
         _make_sink(resolved, stream), level=level, enqueue=False, backtrace=False, diagnose=False

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from supervisor.cli.parser import positive_seconds
 from supervisor.config import default_run_dir
 from supervisor.errors import ExitCode
 
@@ -96,7 +97,7 @@ def add_health_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ready", action="store_true", help="ask /readyz instead of /livez")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds to wait for an answer (default: {DEFAULT_TIMEOUT_S:g})",
     )

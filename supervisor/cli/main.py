@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from supervisor import __version__
 from supervisor.cli import tasks as cli_tasks
+from supervisor.cli.output import to_json
+from supervisor.cli.parser import ArgumentParser, positive_seconds
 from supervisor.config import FIELDS, Settings, load_settings
-from supervisor.errors import BrokerError, ExitCode, SupervisorError
+from supervisor.config_values import MAX_SECONDS
+from supervisor.errors import BrokerError, DatabaseBusy, ExitCode, SupervisorError
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
@@ -47,11 +51,13 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="run folder of the master (env SUPERVISOR_RUN_DIR)")
     p.add_argument("--address", help="broker address (env SUPERVISOR_ADDRESS)")
     p.add_argument("--authkey", help="broker auth key (env SUPERVISOR_AUTHKEY)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=10.0, help="seconds to wait for an answer"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="supervisor",
         description="A multiprocess worker supervisor: queue, store, scheduler and forked workers.",
     )
@@ -113,8 +119,14 @@ def _number(text: str | None, what: str, *, integer: bool = False) -> Any:
 
 
 def _connect(args: argparse.Namespace) -> Any:
+    from supervisor.client.discovery import parse_address
     from supervisor.client.seed import connect
 
+    if args.address is not None:
+        try:
+            parse_address(args.address)
+        except BrokerError as exc:  # a typo, not a master that is down: usage, exit code 2
+            raise UsageError(f"--address: {exc}; expected a socket path or HOST:PORT") from None
     return connect(args.address, args.authkey, args.run_dir, timeout_s=args.timeout)
 
 
@@ -130,12 +142,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return load_settings(cli=cli, config_file=args.config)
 
     settings = reload()
+    if not settings.app:
+        raise UsageError("no task app given: pass --app MODULE[:ATTR] (try --app supervisor.demo)")
+    from supervisor.cli.preflight import preflight
+
+    preflight(settings)  # before anything forks: a setting that cannot work is exit code 2
     logs.setup_logging(settings.log_format, settings.log_level, settings.log_file)
     from loguru import logger
 
     log = logger.bind(component="master")
-    if not settings.app:
-        raise UsageError("no task app given: pass --app MODULE[:ATTR] (try --app supervisor.demo)")
     try:
         registry = load_app(settings.app)
     except AppImportError as exc:
@@ -166,19 +181,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     ).run()
 
 
-def cmd_push(args: argparse.Namespace) -> int:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (use null, or a number)")
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """``--params``: a JSON object; NaN and Infinity are refused (they are not JSON)."""
     try:
-        params = json.loads(args.params)
+        params = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"--params: not valid JSON ({exc.msg} at column {exc.colno}): {args.params!r}"
+            f"--params: not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
         ) from None
+    except ValueError as exc:
+        raise UsageError(f"--params: {exc}: {text!r}") from None
     if not isinstance(params, dict):
         raise UsageError(f"--params: expected a JSON object, got {type(params).__name__}")
-    priority = _number(args.priority, "--priority", integer=True)
+    return params
+
+
+def check_push_args(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """(priority, delay) of ``push``, refused with the flag's name when out of range."""
+    priority = _number(args.priority, "--priority", integer=True)  # its range: the queue's
     delay = _number(args.delay, "--delay")
+    if delay is not None and not (math.isfinite(delay) and 0 <= delay <= MAX_SECONDS):
+        raise UsageError(
+            f"--delay: delay must be a number of seconds >= 0 and <= {MAX_SECONDS:.0f} "
+            f"(10 years), got {args.delay!r}"
+        )
+    if args.task_id is not None and not args.task_id.strip():
+        raise UsageError(f"--task-id: must not be empty, got {args.task_id!r}")
+    return priority, delay
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    params = parse_params(args.params)
+    priority, delay = check_push_args(args)
     task: dict[str, Any] = {"type": args.type, "params": params}
-    if args.task_id:
+    if args.task_id is not None:
         task["task_id"] = args.task_id
     task_id = _connect(args).push_task(task, priority=priority, delay=delay)
     print(task_id)
@@ -194,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         counters = status["stats"].get("counters", {})
         status["stats"]["counters"] = {":".join(k): v for k, v in sorted(counters.items())}
-        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+        print(to_json(status, sort_keys=True, default=str))
         return 0
     master, stats = status.get("master") or {}, status["stats"]
     print(
@@ -232,7 +272,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         if found is None:
             print(f"key {args.key!r} is not set (or expired)", file=sys.stderr)
             return 1
-        print(json.dumps(found, default=repr, ensure_ascii=False))
+        print(to_json(found, indent=None))
     elif action == "set":
         value: Any = args.value
         if args.json:
@@ -252,6 +292,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
+    cli_tasks.check_args(args)
     return cli_tasks.run(args, _connect(args))
 
 
@@ -282,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except DatabaseBusy as exc:  # retryable, and never an answer that looks right
+        print(f"supervisor: {' '.join(str(exc).split())}", file=sys.stderr)
+        return int(ExitCode.ERROR)
     except BrokerError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return int(ExitCode.ERROR)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import sys
 import time
 from typing import Any
 
 from supervisor.broker import base
+from supervisor.cli.output import to_json
 from supervisor.errors import SupervisorError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -21,11 +21,13 @@ class UsageError(SupervisorError):
 
 
 def parse_duration(text: str, what: str) -> float:
-    """'90', '90s', '15m', '12h', '7d', '2w' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
+    """'90', '90s', '15m', '12h', '7d', '2w' -> seconds; a negative one is refused."""
+    m = re.fullmatch(r"\s*(-?)\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
     if not m:
         raise UsageError(f"{what}: expected a duration like 90s, 15m, 12h or 7d, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if m.group(1):
+        raise UsageError(f"{what}: must be positive, got {text!r}")
+    return float(m.group(2)) * _UNITS[m.group(3) or "s"]
 
 
 def parse_since(text: str, now: float) -> float:
@@ -33,7 +35,8 @@ def parse_since(text: str, now: float) -> float:
     try:
         return now - parse_duration(text, "--since")
     except UsageError:
-        pass
+        if text.strip().startswith("-"):
+            raise
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -76,15 +79,30 @@ def _when(ts: float | None) -> str:
     return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flags before any connection is made (a UsageError naming the flag)."""
+    if args.tasks_command == "list":
+        if args.since:
+            parse_since(args.since, time.time())
+        if args.limit < 1:
+            raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
+    elif args.tasks_command == "purge":
+        parse_duration(args.older_than, "--older-than")
+    elif args.tasks_command in ("show", "cancel", "retry") and not args.task_id.strip():
+        raise UsageError(f"TASK_ID: must not be empty, got {args.task_id!r}")
+
+
 def run(args: argparse.Namespace, q: Any) -> int:
+    """Run one ``tasks`` action against the queue ``q``; return the exit code. A broker that
+    cannot answer (``DatabaseBusy`` when the task table is locked) raises: the caller prints
+    one line and exits 1, never an empty answer that looks right."""
+    check_args(args)
     action = args.tasks_command
     if action == "list":
         since = parse_since(args.since, time.time()) if args.since else None
-        if args.limit < 1:
-            raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
         rows = q.list_tasks(status=args.status, type=args.task_type, since=since, limit=args.limit)
         if args.json:
-            print(json.dumps(rows, indent=2, default=repr, ensure_ascii=False))
+            print(to_json(rows))
             return 0
         print(f"{'TASK ID':<36}  {'TYPE':<16} {'STATUS':<10} {'ATT':>3}  {'PUSHED':<19}  ERROR")
         for r in rows:
@@ -99,7 +117,7 @@ def run(args: argparse.Namespace, q: Any) -> int:
         if rec is None:
             print(f"task {args.task_id!r} is unknown", file=sys.stderr)
             return 1
-        print(json.dumps(rec, indent=2, sort_keys=True, default=repr, ensure_ascii=False))
+        print(to_json(rec, sort_keys=True))
         return 0
     if action == "cancel":
         outcome = q.cancel_task(args.task_id)
@@ -117,7 +135,7 @@ def run(args: argparse.Namespace, q: Any) -> int:
         return 0
     counts = q.get_queue_stats()
     if args.json:
-        print(json.dumps(counts, indent=2, sort_keys=True))
+        print(to_json(counts, sort_keys=True))
     else:
         for status in (*base.ACTIVE_STATUSES, *base.FINAL_STATUSES):
             print(f"{status:<10} {counts.get(status, 0):>8}")

@@ -210,7 +210,7 @@ def test_a_taken_metrics_port_stops_the_start_with_a_message(start_master) -> No
         taken.listen()
         port = taken.getsockname()[1]
         m = start_master("--metrics-port", str(port), workers=1, wait=False)
-        assert m.wait_exit(20) == 1
+        assert m.wait_exit(20) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in m.log_text()
 
 

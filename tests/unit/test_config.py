@@ -223,3 +223,62 @@ def test_every_field_has_env_flag_and_help() -> None:
         assert f.flag.startswith("--") and "_" not in f.flag
         assert f.help
     assert set(names) <= set(Settings.__dataclass_fields__)
+
+
+@pytest.mark.parametrize(
+    ("cli", "message"),
+    [
+        (
+            {"metrics_port": "70000"},
+            "metrics_port: expected a value <= 65535, got '70000' (from flag --metrics-port)",
+        ),
+        ({"metrics_port": "-1"}, "metrics_port: expected a value >= 0, got '-1'"),
+        (
+            {"address": "notahost:abc"},
+            "address: broker address 'notahost:abc': port 'abc' is not a number; "
+            "expected a socket path or HOST:PORT (port 0-65535) (from flag --address)",
+        ),
+        ({"address": "localhost:99999"}, "address: broker address 'localhost:99999': port must"),
+        (
+            {"default_timeout": "1e300"},
+            "default_timeout: expected a value <= 315360000 (10 years), got '1e300'",
+        ),
+        ({"graceful_timeout": "-1"}, "graceful_timeout: expected a value >= 0, got '-1'"),
+        ({"default_timeout": "-1"}, "default_timeout: expected a value >= 0.01, got '-1'"),
+        ({"log_successes": "maybe"}, "log_successes: expected true or false, got 'maybe'"),
+    ],
+)
+def test_ranges_and_the_address_are_checked_naming_the_flag(cli: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cli=cli, env={})
+    assert message in str(exc.value)
+
+
+def test_good_ports_and_addresses_pass() -> None:
+    s = load_settings(cli={"metrics_port": "65535", "address": "127.0.0.1:0"}, env={})
+    assert (s.metrics_port, s.address) == (65535, "127.0.0.1:0")
+    assert load_settings(cli={"address": "/tmp/x.sock"}, env={}).address == "/tmp/x.sock"
+
+
+def test_log_successes_defaults_off_and_reads_env_and_flag() -> None:
+    assert load_settings(env={}).log_successes is False
+    assert load_settings(env={"SUPERVISOR_LOG_SUCCESSES": "yes"}).log_successes is True
+    assert load_settings(cli={"log_successes": False}, env={"SUPERVISOR_LOG_SUCCESSES": "1"}) == (
+        load_settings(env={})
+    )
+
+
+def test_each_value_remembers_where_it_came_from(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "[supervisor]\nmax_retries = 2\n")
+    s = load_settings(cli={"workers": 2}, env={"SUPERVISOR_DATABASE": "sqlite://"}, config_file=cfg)
+    assert s.sources["workers"] == "flag --workers"
+    assert s.sources["database"] == "env SUPERVISOR_DATABASE"
+    assert s.sources["max_retries"] == f"config file {cfg}"
+    assert s.sources["metrics_port"] == "default"
+    assert "sources" not in s.public_dict()
+    assert s.replace(workers=3).sources == s.sources
+
+
+def test_backoff_cap_error_names_its_source() -> None:
+    with pytest.raises(ConfigError, match=r"got 1 \(from env SUPERVISOR_BACKOFF_CAP\)"):
+        load_settings(env={"SUPERVISOR_BACKOFF_BASE": "5", "SUPERVISOR_BACKOFF_CAP": "1"})

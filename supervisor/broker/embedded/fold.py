@@ -269,6 +269,7 @@ def main() -> int:
     from supervisor.broker.embedded.tasktable import TaskTable
     from supervisor.db import make_engine
 
+    logger.enable("supervisor")  # a fresh interpreter: the package's log starts disabled
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)  # the broker decides when we stop
     # No PR_SET_PDEATHSIG: it fires when the *thread* that started us ends (a connection

@@ -1,0 +1,104 @@
+"""Converting and checking one setting's raw value (text from a flag or env, or a TOML value).
+
+Split out of :mod:`supervisor.config` to keep that module small. Every error is a
+:class:`~supervisor.errors.ConfigError` whose message reads
+``<setting>: <what is wrong, with the value> (from <flag/env/file>)``; a secret's value is
+shown as ``***``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from supervisor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from supervisor.config import Field
+
+# The largest number of seconds any duration setting takes: ten years. Past it a value is a
+# typo (or 1e300), and some system calls (select, sleep) would overflow on it.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+_BOOLS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+_EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def convert(f: Field, raw: Any, source: str) -> Any:
+    """``raw`` converted to ``f``'s type and checked against its choices and range."""
+    if raw is None or (isinstance(raw, str) and f.nullable and raw.strip().lower() in ("", "none")):
+        if f.nullable:
+            return None
+        raise ConfigError(f"{f.name}: a value is required (from {source})")
+    shown = "***" if f.secret else repr(raw)
+    try:
+        value = _typed(f, raw)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(
+            f"{f.name}: expected {_EXPECTED[f.kind]}, got {shown} (from {source})"
+        ) from None
+    if f.kind is str and not value.strip():  # an empty run_dir would quietly mean the cwd
+        raise ConfigError(f"{f.name}: a value is required, got {shown} (from {source})")
+    if f.kind is bool:
+        return value
+    if f.choices:
+        norm = value.upper() if f.name == "log_level" else value.lower()
+        if norm not in f.choices:
+            raise ConfigError(
+                f"{f.name}: expected one of {', '.join(f.choices)}, got {shown} (from {source})"
+            )
+        value = norm
+    maximum = f.maximum if f.maximum is not None or f.kind is not float else MAX_SECONDS
+    if f.minimum is not None and value < f.minimum:
+        raise ConfigError(
+            f"{f.name}: expected a value >= {f.minimum:g}, got {shown} (from {source})"
+        )
+    if maximum is not None and value > maximum:
+        limit = f"{maximum:.0f} (10 years)" if maximum == MAX_SECONDS else f"{maximum:g}"
+        raise ConfigError(f"{f.name}: expected a value <= {limit}, got {shown} (from {source})")
+    if f.name == "address":
+        _check_address(value, source)
+    return value
+
+
+def _typed(f: Field, raw: Any) -> Any:
+    if f.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        return _BOOLS[text] if text in _BOOLS else _bad()
+    if f.kind is int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            _bad()
+        return int(raw)
+    if f.kind is float:
+        if isinstance(raw, bool):
+            _bad()
+        value = float(raw)
+        return value if math.isfinite(value) else _bad()
+    return raw if isinstance(raw, str) else _bad()
+
+
+def _bad() -> Any:
+    raise ValueError
+
+
+def _check_address(text: str, source: str) -> None:
+    from supervisor.client.discovery import parse_address
+    from supervisor.errors import BrokerError
+
+    try:
+        parse_address(text)
+    except BrokerError as exc:
+        raise ConfigError(
+            f"address: {exc}; expected a socket path or HOST:PORT (port 0-65535) (from {source})"
+        ) from None
