@@ -195,6 +195,31 @@ FIELDS: tuple[Field, ...] = (
         maximum=65535,
     ),
     Field("log_successes", bool, False, "log each succeeded task at INFO with its duration"),
+    Field(
+        "broker",
+        str,
+        None,
+        "Redis broker URL, redis://[user:pass@]host:port/db or rediss:// (none: the embedded "
+        "broker of this machine)",
+        secret=True,
+        nullable=True,
+    ),
+    Field(
+        "node_name",
+        str,
+        None,
+        "this node's name in logs, metrics and records (default: host name and pid)",
+        nullable=True,
+    ),
+    Field("key_prefix", str, "sv", "prefix of every Redis key: clusters can share one Redis"),
+    Field(
+        "lease",
+        float,
+        30.0,
+        "lease of a task running on Redis: renewed every third of it by its node's master; "
+        "another node recovers the task once it expires (s)",
+        minimum=1.0,
+    ),
 )
 
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
@@ -239,6 +264,10 @@ class Settings:
     api_token: str | None
     metrics_port: int
     log_successes: bool
+    broker: str | None
+    node_name: str | None
+    key_prefix: str
+    lease: float
     config_file: str | None = None
     # Where each value came from ("flag --workers", "env SUPERVISOR_WORKERS", "config file x",
     # "default"): what an error found after loading (a pre-flight check) names.
@@ -332,6 +361,27 @@ def load_settings(
             f"backoff_cap: expected a value >= backoff_base ({settings.backoff_base:g}), "
             f"got {settings.backoff_cap:g} (from {sources['backoff_cap']})"
         )
+    if settings.broker is not None and not settings.broker.startswith(("redis://", "rediss://")):
+        raise ConfigError(
+            f"broker: expected a redis:// or rediss:// URL, got {_masked(settings.broker)!r} "
+            f"(from {sources['broker']})"
+        )
+    if not settings.key_prefix or any(c in settings.key_prefix for c in "{}"):
+        raise ConfigError(
+            f"key_prefix: expected a non-empty prefix without braces, got {settings.key_prefix!r}"
+            f" (from {sources['key_prefix']})"
+        )
     if extra_check is not None:
         extra_check(settings)
     return settings
+
+
+def _masked(url: str) -> str:
+    """``url`` with the password of its netloc replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        creds, _, host = netloc.rpartition("@")
+        user = creds.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    return f"{scheme}{sep}{netloc}{slash}{path}"

@@ -52,6 +52,14 @@ def _client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="broker address (env SUPERVISOR_ADDRESS)")
     p.add_argument("--authkey", help="broker auth key (env SUPERVISOR_AUTHKEY)")
     p.add_argument(
+        "--broker",
+        help="a Redis broker's URL, redis://… or rediss:// (env SUPERVISOR_BROKER): no run "
+        "folder needed",
+    )
+    p.add_argument(
+        "--key-prefix", help="the cluster's Redis key prefix (env SUPERVISOR_KEY_PREFIX)"
+    )
+    p.add_argument(
         "--timeout", type=positive_seconds, default=10.0, help="seconds to wait for an answer"
     )
 
@@ -127,7 +135,16 @@ def _connect(args: argparse.Namespace) -> Any:
             parse_address(args.address)
         except BrokerError as exc:  # a typo, not a master that is down: usage, exit code 2
             raise UsageError(f"--address: {exc}; expected a socket path or HOST:PORT") from None
-    return connect(args.address, args.authkey, args.run_dir, timeout_s=args.timeout)
+    if args.broker is not None and not args.broker.startswith(("redis://", "rediss://")):
+        raise UsageError(f"--broker: expected a redis:// or rediss:// URL, got {args.broker!r}")
+    return connect(
+        args.address,
+        args.authkey,
+        args.run_dir,
+        broker=args.broker,
+        key_prefix=args.key_prefix,
+        timeout_s=args.timeout,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
