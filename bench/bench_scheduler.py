@@ -57,7 +57,7 @@ from supervisor.scheduling.models import scheduler_task  # noqa: E402
 from supervisor.scheduling.policy import first_fire, interval_anchor  # noqa: E402
 from supervisor.scheduling.process import SchedulerProcess  # noqa: E402
 from supervisor.scheduling.rows import spec_columns  # noqa: E402
-from supervisor.scheduling.spec import validate  # noqa: E402
+from supervisor.scheduling.validation import validate  # noqa: E402
 
 N_INTERVAL, N_CRON, N_ONCE = 5_000, 4_000, 1_000
 LAG_TARGET_S, CPU_TARGET = 0.050, 0.02

@@ -2,15 +2,18 @@
 
 Works without a running master: it opens the database (``--database`` or
 ``SUPERVISOR_DATABASE``, default ``sqlite:///supervisor.db``); a running scheduler sees the
-change within a second. A schedule is named by its id, a unique id prefix, or its unique name.
-Bad input raises a SupervisorError naming the field (the main CLI prints it, exit code 2); an
-unknown schedule or an unreachable database prints one line and returns 1.
+change within a second. A schedule is named by its id, its name (names are unique), or a
+unique id prefix of at least 4 characters; an id wins over a name. Bad input raises a
+SupervisorError naming the field (the main CLI prints it, exit code 2) -- a name already taken
+is bad input --; an unknown schedule or an unreachable database prints one line and returns 1.
+``--json`` output is strict JSON (no NaN or Infinity) and calls a schedule's id ``id``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -133,7 +136,7 @@ def _add(s: Scheduler, args: argparse.Namespace) -> int:
         "params": _json_object(args.params, "--params"),
     }
     if args.every is not None:
-        kind, fields["interval_seconds"] = "interval", parse_duration(args.every, "--every")
+        kind, fields["interval_seconds"] = "interval", parse_interval(args.every)
     elif args.cron is not None:
         kind, fields["cron_expression"] = "cron", args.cron
     else:
@@ -149,7 +152,7 @@ def _add(s: Scheduler, args: argparse.Namespace) -> int:
         name=args.name, task_type=args.task_type, schedule_type=kind, **fields
     )
     if args.json:
-        _print_json(s.get_task(task_id))
+        _print_json(public(s.get_task(task_id)))
     else:
         print(task_id)
     return 0
@@ -158,7 +161,7 @@ def _add(s: Scheduler, args: argparse.Namespace) -> int:
 def _list(s: Scheduler, args: argparse.Namespace) -> int:
     tasks = s.list_tasks(enabled_only=args.enabled)
     if args.json:
-        _print_json(tasks)
+        _print_json([public(t) for t in tasks])
         return 0
     rows = [
         (
@@ -177,7 +180,7 @@ def _list(s: Scheduler, args: argparse.Namespace) -> int:
 
 
 def _show(s: Scheduler, args: argparse.Namespace) -> int:
-    task = s.get_task(resolve(s, args.schedule))
+    task = public(s.get_task(resolve(s, args.schedule)))
     assert task is not None
     if args.json:
         _print_json(task)
@@ -206,7 +209,7 @@ def _control(s: Scheduler, args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        _print_json({"task_id": task_id, "action": action, "ok": True})
+        _print_json({"id": task_id, "action": action, "ok": True})
     else:
         print(f"{action}d {task_id}" if action != "resume" else f"resumed {task_id}")
     return 0
@@ -250,22 +253,39 @@ _ACTIONS = {
 
 # -- helpers -------------------------------------------------------------------------------------
 def resolve(s: Scheduler, ref: str) -> str:
-    """The id of the schedule ``ref`` names: an id, a unique id prefix, or a unique name."""
-    if s.get_task(ref) is not None:
-        return ref
-    tasks = s.list_tasks()
-    for matches in (
-        [t for t in tasks if t["name"] == ref],
-        [t for t in tasks if len(ref) >= 4 and t["task_id"].startswith(ref)],
-    ):
-        if len(matches) == 1:
-            return str(matches[0]["task_id"])
-        if len(matches) > 1:
-            ids = ", ".join(t["task_id"] for t in matches)
-            raise ScheduleError(
-                f"{ref!r} matches {len(matches)} schedules ({ids}); give the id", field="schedule"
-            )
+    """The id of the schedule ``ref`` names: an id, a name, or a unique id prefix (>= 4 chars).
+
+    An id wins over a name, a name over a prefix; an ambiguous prefix is a ScheduleError.
+    """
+    found = s.get_task(ref)  # by id, else by name
+    if found is not None:
+        return str(found["task_id"])
+    matches = [t for t in s.list_tasks() if len(ref) >= 4 and t["task_id"].startswith(ref)]
+    if len(matches) == 1:
+        return str(matches[0]["task_id"])
+    if len(matches) > 1:
+        ids = ", ".join(t["task_id"] for t in matches)
+        raise ScheduleError(
+            f"{ref!r} matches {len(matches)} schedules ({ids}); give the id", field="schedule"
+        )
     raise NotFound(f"no schedule with id or name {ref!r}")
+
+
+def public(task: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A schedule dict as the CLI prints it in JSON: its id under ``id`` (not ``task_id``)."""
+    if task is None:
+        return None
+    out = {"id": task["task_id"]}
+    out.update((k, v) for k, v in task.items() if k != "task_id")
+    return out
+
+
+def parse_interval(text: str) -> float:
+    """The ``--every`` value in seconds; ScheduleError unless it is a positive duration."""
+    seconds = parse_duration(text, "--every")
+    if not seconds > 0:
+        raise ScheduleError(f"--every: must be positive, got {text!r}", field="interval_seconds")
+    return seconds
 
 
 def parse_duration(text: str, what: str) -> float:
@@ -335,8 +355,23 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (a row edited by hand) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    """Print strict JSON (RFC 8259: no NaN/Infinity), keys sorted, non-ASCII kept."""
+    text = json.dumps(
+        _finite(value), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str
+    )
+    print(text)
 
 
 def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

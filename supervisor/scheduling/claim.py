@@ -30,83 +30,39 @@ The price of at-most-once is the window between commit and push: a crash there, 
 raises, leaves a fire row ``claimed`` or ``failed`` and the run not queued. Such rows are logged
 and kept; :mod:`supervisor.scheduling.recover` pushes them again under the same deterministic
 task id (``sched-<schedule>-<due ms>``).
+
+The parts: this module is the claim transaction (lock, insert fire rows, compare-and-set);
+:mod:`supervisor.scheduling.plan` decides per row, :mod:`supervisor.scheduling.fires` pushes
+after the commit and records the outcome.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from loguru import logger
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from supervisor.errors import TaskError
-from supervisor.scheduling.errors import ScheduleError
+from supervisor.scheduling.fires import (
+    Claimed,
+    FireCallback,
+    FireMany,
+    FireOutcome,
+    mark,
+    push_all,
+)
 from supervisor.scheduling.models import schedule_fire, scheduler_task, writer
-from supervisor.scheduling.policy import FireDecision, due_fires
-from supervisor.scheduling.rows import decode_params, fire_task_id, spec_from_row
+from supervisor.scheduling.plan import Plan, finish_reason, log_plan, plan_row
+from supervisor.scheduling.rows import fire_task_id
 
-FireCallback = Callable[[dict[str, Any]], object]
-# Pushes several messages; returns, in order, None for each pushed one or the exception.
-FireMany = Callable[[list[dict[str, Any]]], list[BaseException | None]]
+__all__ = ["DEFAULT_BATCH", "ActiveCount", "FireCallback", "FireMany", "FireOutcome", "claim_due"]
+
 ActiveCount = Callable[[str], int]
 _log = logger.bind(component="scheduler")
-LATE_LOG_S = 1.0  # a fire later than this is logged and counted as "late"
 DEFAULT_BATCH = 100  # due schedules claimed per transaction
-
-
-@dataclass(frozen=True)
-class FireOutcome:
-    """One due time handed to the ``fire`` callback: pushed, or not with ``error``.
-
-    ``retryable`` is False when the broker refused the task itself (a
-    :class:`~supervisor.errors.TaskError`: unknown type, payload too large): pushing it again
-    would fail the same way, so its fire row is marked ``dropped`` instead of ``failed``.
-    """
-
-    schedule_id: str
-    name: str
-    due_at: float
-    task_id: str
-    pushed: bool
-    error: str | None = None
-    retryable: bool = True
-
-    @property
-    def status(self) -> str:
-        """The fire row's status after this outcome."""
-        return "pushed" if self.pushed else "failed" if self.retryable else "dropped"
-
-
-@dataclass(frozen=True)
-class _Claim:
-    schedule_id: str
-    name: str
-    task: dict[str, Any]  # type, params, priority
-    due: tuple[float, ...]
-
-
-@dataclass
-class _Plan:
-    """What one claimed row becomes: its decision, and the due times left to insert."""
-
-    row: sa.RowMapping
-    params: dict[str, Any]
-    decision: FireDecision | None  # None: the row is broken and gets disabled
-    problem: str | None = None  # why it is broken, or why its params cannot be used
-    due: tuple[float, ...] = ()
-    already: tuple[float, ...] = ()
-    skipped: int = 0
-    policy: str = "once"
-    extra: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def sid(self) -> str:
-        return str(self.row["task_id"])
 
 
 class _LostRace(Exception):
@@ -179,7 +135,7 @@ def claim_due(
             else {}
         )
         claims, ok = _claim_chunk(engine, [sid for sid, _, _ in chunk], now, counters, active)
-        outcomes.extend(_push_all(claims, fire=fire, fire_many=fire_many, counters=counters))
+        outcomes.extend(push_all(claims, fire=fire, fire_many=fire_many, counters=counters))
         if not ok:
             break
     mark(engine, outcomes)  # one transaction for the whole call
@@ -188,7 +144,7 @@ def claim_due(
 
 def _claim_chunk(
     engine: Engine, ids: list[str], now: float, counters: Counter[str], active: dict[str, int]
-) -> tuple[list[_Claim], bool]:
+) -> tuple[list[Claimed], bool]:
     """Claim ``ids`` in one transaction; one by one if another scheduler took one of them.
 
     Returns the claims and False when a database error stopped the claiming.
@@ -208,7 +164,7 @@ def _claim_chunk(
             "could not claim {} due schedule(s) ({}); retrying at the next tick", len(ids), exc
         )
         return [], False
-    claims: list[_Claim] = []
+    claims: list[Claimed] = []
     for sid in ids:
         got, ok = _claim_chunk(engine, [sid], now, counters, active)
         claims.extend(got)
@@ -219,10 +175,10 @@ def _claim_chunk(
 
 def _claim_txn(
     engine: Engine, ids: list[str], now: float, counters: Counter[str], active: dict[str, int]
-) -> list[_Claim]:
+) -> list[Claimed]:
     with writer(engine).begin() as conn:
         rows = conn.execute(_LOCK_DUE, {"ids": ids, "now": now}).mappings().all()
-        plans = [_plan(row, now, active.get(row["task_id"], 0)) for row in rows]
+        plans = [plan_row(row, now, active.get(row["task_id"], 0)) for row in rows]
         _drop_already_fired(conn, plans)
         inserts = [
             {
@@ -239,9 +195,9 @@ def _claim_txn(
             conn.execute(schedule_fire.insert(), inserts)
         _advance(conn, plans, now)
     for plan in plans:  # after the commit: a rolled-back batch logs and counts nothing
-        _log_plan(plan, now, counters)
+        log_plan(plan, now, counters)
     return [
-        _Claim(
+        Claimed(
             p.sid,
             p.row["name"],
             {"type": p.row["task_type"], "params": p.params, "priority": p.row["priority"]},
@@ -252,41 +208,7 @@ def _claim_txn(
     ]
 
 
-def _plan(row: sa.RowMapping, now: float, active: int) -> _Plan:
-    sid = row["task_id"]
-    params_error = None
-    try:
-        params = decode_params(row["params"], sid)
-    except ScheduleError as exc:
-        params, params_error = {}, str(exc)
-    try:
-        spec = spec_from_row(row, params=params)
-        decision = due_fires(
-            spec,
-            row["next_run_at"],
-            now,
-            anchor_epoch=row["anchor_at"],
-            runs_done=row["run_count"],
-            active_instances=active,
-        )
-    except (ScheduleError, ValueError, LookupError) as exc:
-        # A row edited by hand into something unusable: disabled instead of failing each tick.
-        return _Plan(row, params, None, problem=str(exc))
-    plan = _Plan(
-        row,
-        params,
-        decision,
-        due=decision.fire,
-        skipped=decision.skipped,
-        policy=spec.misfire_policy,
-    )
-    if params_error is not None and plan.due:
-        plan.problem, plan.extra["corrupt_params"] = params_error, len(plan.due)
-        plan.due, plan.skipped = (), plan.skipped + len(plan.due)
-    return plan
-
-
-def _drop_already_fired(conn: sa.Connection, plans: list[_Plan]) -> None:
+def _drop_already_fired(conn: sa.Connection, plans: list[Plan]) -> None:
     wanted = [p for p in plans if p.due]
     if not wanted:
         return
@@ -322,7 +244,7 @@ _ADVANCE = (
 )
 
 
-def _advance(conn: sa.Connection, plans: list[_Plan], now: float) -> None:
+def _advance(conn: sa.Connection, plans: list[Plan], now: float) -> None:
     """Compare-and-set every row on the ``next_run_at`` read: lose the race, never double-fire."""
     params = []
     for p in plans:
@@ -342,7 +264,7 @@ def _advance(conn: sa.Connection, plans: list[_Plan], now: float) -> None:
                 "b_fired": len(p.due),
                 "b_skipped": p.skipped,
                 "b_enabled": not d.finished,
-                "b_reason": _finish_reason(p.row, len(p.due)) if d.finished else None,
+                "b_reason": finish_reason(p.row, len(p.due)) if d.finished else None,
             }
         params.append(
             {
@@ -361,166 +283,3 @@ def _advance(conn: sa.Connection, plans: list[_Plan], now: float) -> None:
     for one in params:
         if conn.execute(_ADVANCE, one).rowcount != 1:
             raise _LostRace
-
-
-def _finish_reason(row: sa.RowMapping, fired: int) -> str:
-    if row["max_runs"] and row["run_count"] + fired >= row["max_runs"]:
-        return f"max_runs reached ({row['max_runs']})"
-    if row["schedule_type"] == "once":
-        return "once schedule done"
-    return "no fire time left (end_at passed)"
-
-
-def _log_plan(p: _Plan, now: float, counters: Counter[str]) -> None:
-    sid, name = p.sid, p.row["name"]
-    log = _log.bind(schedule_id=sid, schedule=name)
-    counters.update(p.extra)
-    decision = p.decision
-    if decision is None:
-        counters["broken"] += 1
-        log.error("schedule {} ({!r}) cannot be computed and is disabled: {}", sid, name, p.problem)
-        return
-    if p.problem is not None:
-        log.error(
-            "not firing schedule {} ({!r}) at {}: {}", sid, name, list(decision.fire), p.problem
-        )
-    if p.already:
-        counters["already_fired"] += len(p.already)
-        log.warning("schedule {} already fired {}; not firing again", sid, sorted(p.already))
-    counters["fired"] += len(p.due)
-    counters["misfired"] += decision.misfired
-    counters["coalesced"] += decision.coalesced
-    counters["overlapped"] += decision.overlapped
-    if decision.misfired or decision.coalesced:
-        counters[f"misfire.{p.policy}"] += decision.misfired + decision.coalesced
-    if decision.skipped:
-        log.warning(
-            "schedule {} ({!r}) skipped {} due time(s): {} misfired, {} coalesced into "
-            "one run, {} over max_instances",
-            sid,
-            name,
-            decision.skipped,
-            decision.misfired,
-            decision.coalesced,
-            decision.overlapped,
-        )
-    late = [d for d in p.due if now - d > LATE_LOG_S]
-    if late:
-        counters["late"] += len(late)
-        log.info(
-            "schedule {} ({!r}) fires {} due time(s) late, by up to {:.1f} s",
-            sid,
-            name,
-            len(late),
-            now - late[0],
-        )
-    if decision.finished:
-        log.info("schedule {} ({!r}) finished and is disabled", sid, name)
-
-
-def fire_message(sid: str, task: dict[str, Any], due_at: float) -> dict[str, Any]:
-    """The task dict handed to the push callbacks for one due time."""
-    return {
-        **task,
-        "params": dict(task["params"]),
-        "task_id": fire_task_id(sid, due_at),
-        "scheduled_at": due_at,
-        "schedule_id": sid,
-    }
-
-
-def _push_all(
-    claims: Sequence[_Claim],
-    *,
-    fire: FireCallback,
-    fire_many: FireMany | None,
-    counters: Counter[str],
-) -> list[FireOutcome]:
-    if fire_many is None:
-        return [
-            push_one(c.schedule_id, c.name, c.task, d, fire=fire, counters=counters)
-            for c in claims
-            for d in c.due
-        ]
-    pending = [(c, d, fire_message(c.schedule_id, c.task, d)) for c in claims for d in c.due]
-    if not pending:
-        return []
-    try:
-        errors = fire_many([m for _, _, m in pending])
-    except Exception as exc:  # the pusher should report per message; be safe if it did not
-        errors = [exc] * len(pending)
-    return [
-        _outcome(c.schedule_id, c.name, d, m["task_id"], err, counters=counters)
-        for (c, d, m), err in zip(pending, errors, strict=True)
-    ]
-
-
-def push_one(
-    sid: str,
-    name: str,
-    task: dict[str, Any],
-    due_at: float,
-    *,
-    fire: FireCallback,
-    counters: Counter[str],
-) -> FireOutcome:
-    """Push one due time through ``fire``; a failure is logged, counted and returned."""
-    message = fire_message(sid, task, due_at)
-    try:
-        fire(message)
-    except Exception as exc:  # the broker's failure must not stop the other schedules
-        return _outcome(sid, name, due_at, message["task_id"], exc, counters=counters)
-    return FireOutcome(sid, name, due_at, message["task_id"], True)
-
-
-def _outcome(
-    sid: str,
-    name: str,
-    due_at: float,
-    task_id: str,
-    exc: BaseException | None,
-    *,
-    counters: Counter[str],
-) -> FireOutcome:
-    if exc is None:
-        return FireOutcome(sid, name, due_at, task_id, True)
-    counters["push_failed"] += 1
-    log = _log.bind(schedule_id=sid, task_id=task_id)
-    if isinstance(exc, TaskError):  # refused by the broker: the same push would fail again
-        log.error(
-            "the broker refused {} of schedule {} ({!r}); not retried: {}", task_id, sid, name, exc
-        )
-        return FireOutcome(
-            sid, name, due_at, task_id, False, f"{type(exc).__name__}: {exc}", retryable=False
-        )
-    log.opt(exception=exc).error(
-        "pushing {} of schedule {} ({!r}) failed; kept for a retry", task_id, sid, name
-    )
-    return FireOutcome(sid, name, due_at, task_id, False, f"{type(exc).__name__}: {exc}")
-
-
-def mark(engine: Engine, outcomes: Sequence[FireOutcome]) -> None:
-    """Record the push outcomes on their fire rows (``pushed`` or ``failed``)."""
-    if not outcomes:
-        return
-    stmt = (
-        sa.update(schedule_fire)
-        .where(
-            schedule_fire.c.schedule_id == sa.bindparam("sid"),
-            schedule_fire.c.due_at == sa.bindparam("due"),
-        )
-        .values(status=sa.bindparam("new_status"), error=sa.bindparam("err"))
-    )
-    try:
-        with writer(engine).begin() as conn:
-            conn.execute(
-                stmt,
-                [
-                    {"sid": o.schedule_id, "due": o.due_at, "err": o.error, "new_status": o.status}
-                    for o in outcomes
-                ],
-            )
-    except OperationalError as exc:
-        _log.warning(
-            "could not mark {} fire(s) as pushed ({}); they stay 'claimed'", len(outcomes), exc
-        )

@@ -63,9 +63,10 @@ class Scheduler:
     ``add_scheduler_task(name, task_type, schedule_type, interval_seconds=, cron_expression=,
     execute_at=, params=, max_runs=, description=, **other ScheduleSpec fields) -> id``,
     ``get_task``, ``list_tasks(enabled_only=False)``, ``update_task(id, **fields)``,
-    ``pause_task``, ``resume_task``, ``delete_task`` (each False for an unknown id),
-    ``preview(id, n)`` (the next fire times). Invalid input raises ScheduleError naming the
-    field.
+    ``pause_task``, ``resume_task``, ``delete_task`` (each False for an unknown schedule),
+    ``preview(id, n)`` (the next fire times). Each takes a schedule's id or its name (names are
+    unique; an id wins). Invalid input, or a name already taken, raises ScheduleError naming
+    the field.
     """
 
     def __init__(

@@ -40,7 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from supervisor.errors import ConfigError
 from supervisor.scheduling.errors import ScheduleError
-from supervisor.scheduling.spec import SPEC_FIELDS, ScheduleSpec, make_spec, validate
+from supervisor.scheduling.spec import SPEC_FIELDS, ScheduleSpec, make_spec
+from supervisor.scheduling.validation import validate
 
 TIME_FIELDS = ("execute_at", "start_at", "end_at")
 

@@ -31,12 +31,9 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from supervisor.scheduling.cron import cron_iter, cron_next, croniter_form
-
-if TYPE_CHECKING:
-    from supervisor.scheduling.spec import ScheduleSpec
+from supervisor.scheduling.spec import ScheduleSpec
 
 # A cron schedule missed for very long (a per-second expression down for a day) is not walked
 # one due time at a time past this many steps; its misfire count is then a lower bound.

@@ -36,7 +36,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from supervisor import logs, osutil
 from supervisor.client.proxy import BrokerClient
 from supervisor.db import make_engine
-from supervisor.errors import ExitCode
+from supervisor.errors import ConfigError, ExitCode
 from supervisor.master.signals import HANDLED
 from supervisor.scheduling import wake
 from supervisor.scheduling.errors import ScheduleError
@@ -161,7 +161,7 @@ class SchedulerProcess:
         label = mask_url(self.database_url)
         try:
             engine = make_engine(self.database_url)
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        except (ConfigError, ArgumentError, NoSuchModuleError, ImportError) as exc:
             log.critical("scheduler database URL {} cannot be used: {}", label, exc)
             return int(ExitCode.USAGE)
         client = BrokerClient(self.address, self.authkey, timeout_s=10.0)
@@ -174,6 +174,11 @@ class SchedulerProcess:
             options=self.options,
         )
         log.info("scheduler started: pid {}, database {}", os.getpid(), label)
+        # Listen before the database is prepared: a change made once the app's task types are
+        # recorded (what a client waits for) always pokes us. SQLite's listener needs no
+        # database; PostgreSQL's is tried again once the database is ready if it failed here.
+        self.listener = wake.listen(engine)
+        self._listen_tried = self.listener is not None or engine.dialect.name == "sqlite"
         try:
             while not self.stop:
                 if self._reopen_logs:

@@ -10,6 +10,12 @@ pushed", not an error.
 remembers the task ids this process pushed per schedule (after a restart: the schedule's latest
 fire rows) and asks the broker about those still outstanding, one ``get_task`` each, dropping
 them once finished. A schedule whose previous run has finished costs one round trip per fire.
+
+A broker whose task table is locked (:class:`~supervisor.errors.DatabaseBusy`) still answers
+for live tasks (they are in its memory); only a finished task's record needs the table. So for
+``max_instances`` a busy answer means "not live"; for :meth:`BrokerPusher.known` it means "cannot
+tell", and the error goes to the caller (recovery then asks again later rather than pushing a
+run that may have happened).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from loguru import logger
 
 from supervisor.broker.base import ACTIVE_STATUSES, Broker
 from supervisor.client.queue import build_message
-from supervisor.errors import BrokerError, DuplicateTaskId, TaskError
+from supervisor.errors import BrokerError, DatabaseBusy, DuplicateTaskId, TaskError
 from supervisor.scheduling.status import LagHistogram
 
 _log = logger.bind(component="scheduler")
@@ -113,7 +119,10 @@ class BrokerPusher:
         return errors
 
     def known(self, task_id: str) -> bool:
-        """Whether the broker has a record of ``task_id`` (any status)."""
+        """Whether the broker has a record of ``task_id`` (any status).
+
+        Raises DatabaseBusy when the broker cannot look in its task table (see above).
+        """
         return self._broker.get_task(task_id) is not None
 
     def _pushed(self, task: dict[str, Any]) -> None:
@@ -159,5 +168,8 @@ class InstanceTracker:
         self._live.pop(schedule_id, None)
 
     def _active(self, task_id: str) -> bool:
-        rec = self._broker.get_task(task_id)
+        try:
+            rec = self._broker.get_task(task_id)
+        except DatabaseBusy:  # not in the broker's memory, so finished: not a live run
+            return False
         return rec is not None and rec.get("status") in ACTIVE_STATUSES

@@ -13,6 +13,10 @@ now and then for ``failed`` rows. Each row is:
   possible;
 * **pushed again** otherwise, under its original task id. A broker that still holds that id live
   refuses the duplicate, which the push callback treats as "already pushed".
+
+When ``known`` cannot tell (:class:`~supervisor.errors.DatabaseBusy`: the broker's task table is
+locked, and a finished run would be found only there), the row is left ``claimed`` and asked
+about again at a later call: pushing it could run a due time twice.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import sqlalchemy as sa
 from loguru import logger
 from sqlalchemy.engine import Engine
 
-from supervisor.scheduling.claim import FireCallback, FireOutcome, mark, push_one
+from supervisor.errors import DatabaseBusy
 from supervisor.scheduling.errors import ScheduleError
+from supervisor.scheduling.fires import FireCallback, FireOutcome, mark, push_one
 from supervisor.scheduling.models import schedule_fire, scheduler_task, writer
 from supervisor.scheduling.rows import decode_params
 
@@ -104,7 +109,13 @@ def retry_unpushed(
             )
             _settle(engine, row["id"], "dropped", str(exc))
             continue
-        if known is not None and known(task_id):
+        try:
+            already = known is not None and known(task_id)
+        except DatabaseBusy as exc:
+            counters["undecided"] += 1
+            log.info("cannot tell yet whether fire {} was pushed ({}); asking later", task_id, exc)
+            continue
+        if already:
             counters["confirmed"] += 1
             log.info("fire {} of schedule {} was pushed before the restart", task_id, sid)
             _settle(engine, row["id"], "pushed", None)

@@ -21,6 +21,7 @@ from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
 
 from supervisor.broker.base import Broker
+from supervisor.errors import DatabaseBusy
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.pusher import BrokerPusher, InstanceTracker
 from supervisor.scheduling.spec import ScheduleSpec
@@ -207,8 +208,11 @@ class SchedulerService:
             _log.warning("could not look for unpushed fires ({}); trying again later", _short(exc))
 
     def _known(self, task_id: str) -> bool:
+        """Whether the broker has ``task_id``; DatabaseBusy (cannot tell) goes to recovery."""
         try:
             return self.pusher.known(task_id)
+        except DatabaseBusy:
+            raise
         except Exception as exc:  # unknown is the safe answer: the push then decides
             _log.debug("cannot ask the broker about {}: {}", task_id, exc)
             return False

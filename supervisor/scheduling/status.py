@@ -26,6 +26,7 @@ COUNTERS = (
     "retried",
     "confirmed",
     "expired",
+    "undecided",
     "lost_race",
     "already_fired",
     "db_error",

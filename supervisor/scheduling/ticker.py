@@ -19,13 +19,8 @@ from __future__ import annotations
 from loguru import logger
 from sqlalchemy.exc import SQLAlchemyError
 
-from supervisor.scheduling.claim import (
-    DEFAULT_BATCH,
-    ActiveCount,
-    FireCallback,
-    FireMany,
-    FireOutcome,
-)
+from supervisor.scheduling.claim import DEFAULT_BATCH, ActiveCount
+from supervisor.scheduling.fires import FireCallback, FireMany, FireOutcome
 from supervisor.scheduling.store import ScheduleStore
 
 _log = logger.bind(component="scheduler")

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from supervisor.errors import UnknownTaskType
+from supervisor.errors import DatabaseBusy, UnknownTaskType
 from supervisor.scheduling import ScheduleStore, make_engine
 from supervisor.scheduling.models import schedule_fire
 from tests.integration.test_schedule_backends import BACKENDS, backend_url
@@ -111,7 +111,7 @@ def test_a_row_taken_by_another_scheduler_mid_batch(
         a.migrate()
         add_many(a, 3)
         pushed: list[dict[str, Any]] = []
-        real = claim._plan
+        real = claim.plan_row
         nested: list[bool] = []
 
         def interleave(*args: Any, **kw: Any) -> Any:
@@ -120,7 +120,7 @@ def test_a_row_taken_by_another_scheduler_mid_batch(
                 b.claim_due(T0 + 10, pushed.append, limit=1)
             return real(*args, **kw)
 
-        monkeypatch.setattr(claim, "_plan", interleave)
+        monkeypatch.setattr(claim, "plan_row", interleave)
         a.claim_due(T0 + 10, pushed.append, batch_size=3)
         keys = [(t["schedule_id"], t["scheduled_at"]) for t in pushed]
         assert len(keys) == 3 and len(set(keys)) == 3
@@ -178,3 +178,27 @@ def test_old_settled_fire_records_are_pruned(store: ScheduleStore) -> None:
     assert store.prune_fires(T0 + 11, batch=1) == 1
     assert store.prune_fires(T0 + 11) == 1
     assert statuses(store) == {"claimed": 1}
+
+
+def test_recovery_waits_when_the_broker_cannot_tell_if_a_fire_was_pushed(
+    store: ScheduleStore,
+) -> None:
+    """The broker's task table is locked: pushing again could run a due time twice, so the
+    fire stays claimed and is settled at a later call."""
+    [sid] = add_many(store, 1)
+
+    def broker_gone(task: dict[str, Any]) -> None:
+        raise ConnectionError("broker gone")
+
+    store.claim_due(T0 + 10, broker_gone)
+    assert statuses(store) == {"failed": 1}
+
+    def busy(task_id: str) -> bool:
+        raise DatabaseBusy("the task table is locked by another process")
+
+    pushed: list[dict[str, Any]] = []
+    assert store.retry_unpushed(pushed.append, min_age_s=0, known=busy) == []
+    assert pushed == [] and statuses(store) == {"claimed": 1}
+    assert store.counters["undecided"] == 1
+    store.retry_unpushed(pushed.append, min_age_s=0, known=lambda task_id: False)
+    assert [t["schedule_id"] for t in pushed] == [sid] and statuses(store) == {"pushed": 1}

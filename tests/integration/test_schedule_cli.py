@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from supervisor.cli.main import main
+from supervisor.scheduling.models import scheduler_task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,7 +139,10 @@ def test_next_previews_fire_times_across_dst(
     ("args", "words"),
     [
         (["add", "x", "--type", "t", "--cron", "61 * * * *"], ["cron_expression", "'61 * * * *'"]),
-        (["add", "x", "--type", "t", "--every", "-5"], ["interval_seconds", "positive"]),
+        (["add", "x", "--type", "t", "--every", "-5"], ["--every: must be positive, got '-5'"]),
+        (["add", "x", "--type", "t", "--every=-30s"], ["--every: must be positive, got '-30s'"]),
+        (["add", "x", "--type", "t", "--every", "-30s"], ["--every: must be positive, got '-30s'"]),
+        (["add", "x", "--type", "t", "--every", "0m"], ["--every: must be positive, got '0m'"]),
         (["add", "x", "--type", "t", "--every", "soon"], ["--every", "'soon'"]),
         (["add", "x", "--type", "t", "--every", "5", "--timezone", "Mars/X"], ["timezone"]),
         (["add", "x", "--type", "t", "--at", "2001-01-01T00:00"], ["execute_at", "in the past"]),
@@ -160,10 +165,55 @@ def test_bad_input_is_one_line_naming_the_field_exit_2(
 def test_unknown_and_ambiguous_schedules(cli: Cli) -> None:
     code, _, err = cli("show", "nope")
     assert code == 1 and "no schedule with id or name 'nope'" in err
-    cli.ok("add", "twin", "--type", "t", "--every", "5")
-    cli.ok("add", "twin", "--type", "t", "--every", "6")
-    code, _, err = cli("pause", "twin")
-    assert code == 2 and "matches 2 schedules" in err
+    first = cli.ok("add", "twin-a", "--type", "t", "--every", "5").strip()
+    second = cli.ok("add", "twin-b", "--type", "t", "--every", "6").strip()
+    engine = sa.create_engine(cli.url)
+    with engine.begin() as conn:  # two ids that share a prefix
+        for old, new in ((first, "abcd-0001"), (second, "abcd-0002")):
+            conn.execute(
+                scheduler_task.update().where(scheduler_task.c.task_id == old).values(task_id=new)
+            )
+    engine.dispose()
+    code, _, err = cli("pause", "abcd")
+    assert code == 2 and "matches 2 schedules (abcd-0001, abcd-0002)" in err
+    assert "paused abcd-0002" in cli.ok("pause", "abcd-0002")  # an exact id
+
+
+def test_a_taken_name_is_refused_naming_the_holder_exit_2(cli: Cli) -> None:
+    sid = cli.ok("add", "nightly", "--type", "t", "--cron", "0 2 * * *").strip()
+    code, out, err = cli("add", "nightly", "--type", "t", "--every", "5")
+    assert (code, out) == (2, "")
+    assert err.strip() == f"supervisor: schedule name 'nightly' is taken by schedule {sid}"
+    code, _, err = cli("add", "0e0f4a31-2b41-4c1e-9d7a-7d65a3c0b0a1", "--type", "t", "--every", "5")
+    assert code == 2 and "looks like a schedule id" in err
+    assert [t["name"] for t in cli.json("list")] == ["nightly"]
+
+
+def test_show_pause_resume_next_delete_take_a_name(cli: Cli) -> None:
+    sid = cli.ok("add", "sync", "--type", "t", "--every", "1h").strip()
+    assert cli.json("show", "sync")["id"] == sid
+    assert cli.json("pause", "sync") == {"id": sid, "action": "pause", "ok": True}
+    assert cli.json("resume", "sync")["id"] == sid
+    assert len(cli.json("next", "sync", "-n", "3")) == 3
+    assert cli.json("delete", "sync")["id"] == sid
+    assert cli.json("list") == []
+
+
+def test_json_outputs_call_the_id_id_and_are_strict(cli: Cli) -> None:
+    added = cli.json("add", "sync", "--type", "t", "--every", "5")
+    assert "task_id" not in added and len(added["id"]) == 36
+    [listed] = cli.json("list")
+    shown = cli.json("show", added["id"])
+    assert listed["id"] == shown["id"] == added["id"]
+    assert "task_id" not in listed and "task_id" not in shown
+    assert "task_id" not in cli.json("pause", "sync")
+    engine = sa.create_engine(cli.url)
+    with engine.begin() as conn:  # a row edited by hand
+        conn.execute(scheduler_task.update().values(misfire_grace_s=float("inf")))
+    engine.dispose()
+    out = cli.ok("show", "sync", "--json")
+    assert "Infinity" not in out and "NaN" not in out
+    assert json.loads(out, parse_constant=pytest.fail)["misfire_grace_s"] is None
 
 
 def test_an_unusable_database_is_one_line_exit_1(

@@ -25,6 +25,7 @@ from supervisor.client.queue import Queue
 from supervisor.errors import ExitCode
 from supervisor.scheduling.client import Scheduler
 from supervisor.scheduling.process import SchedulerProcess
+from supervisor.scheduling.service import SchedulerOptions
 from tests.helpers import wait_until
 from tests.integration.test_schedule_backends import BACKENDS, backend_url
 
@@ -103,14 +104,18 @@ def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
 sqlite_only = pytest.mark.parametrize("h", ["sqlite"], indirect=True)
 
 
-def test_a_due_schedule_is_pushed_within_50_ms_and_sigterm_stops_it(h: Harness) -> None:
-    pid = h.start(task_types=["report"])
+def test_a_poke_wakes_the_scheduler_at_the_due_time_and_sigterm_stops_it(h: Harness) -> None:
+    """Without a poke the scheduler would sleep 30 s (its longest sleep and status period
+    here), so a fire close to its due time proves the change woke it. The bound is generous:
+    this is a loaded 2-core CI box, not a benchmark (bench/ measures the lag)."""
+    slow = SchedulerOptions(max_sleep_s=30.0, status_every_s=30.0, retry_every_s=30.0)
+    pid = h.start(task_types=["report"], options=slow)
     wait_until(
         lambda: h.api.store.registered_task_types() == ["report"],
         10,
         what="the scheduler to prepare the database",
     )
-    for k in range(3):  # due sooner than its one-second look: the API's poke wakes it
+    for k in range(3):  # due long before its 30-second look: the API's poke wakes it
         h.api.add_scheduler_task(
             name=f"once-{k}",
             task_type="report",
@@ -120,7 +125,7 @@ def test_a_due_schedule_is_pushed_within_50_ms_and_sigterm_stops_it(h: Harness) 
         )
     done = h.wait_done(3)
     lags = [t["pushed_at"] - t["scheduled_at"] for t in done]
-    assert all(0 <= lag < 0.05 for lag in lags), lags
+    assert all(0 <= lag < 0.5 for lag in lags), lags
     assert sorted(t["params"]["k"] for t in done) == [0, 1, 2]
     started = time.monotonic()
     assert h.stop(pid) == 0

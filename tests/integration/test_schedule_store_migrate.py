@@ -100,3 +100,24 @@ def test_sqlite_connections_use_wal_and_a_busy_timeout(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
     finally:
         engine.dispose()
+
+
+def test_a_seed_era_database_with_duplicate_names_gets_unique_names(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SEED_DDL)
+        for task_id, created in (("old-2", T0 + 1), ("old-1", T0)):
+            conn.exec_driver_sql(
+                "INSERT INTO scheduler_task (task_id, name, task_type, schedule_type, "
+                "interval_seconds, next_run_at, created_at, updated_at) VALUES "
+                f"('{task_id}', '报表', 't', 'interval', 10, {T0 + 10}, {created}, {created})"
+            )
+    migrate(engine)
+    store = ScheduleStore(engine, clock=lambda: float(T0))
+    assert {t["task_id"]: t["name"] for t in store.list_tasks()} == {
+        "old-1": "报表",
+        "old-2": "报表~2",
+    }
+    with pytest.raises(ScheduleError, match="'报表' is taken by schedule old-1"):
+        store.add_scheduler_task(
+            name="报表", task_type="t", schedule_type="interval", interval_seconds=5
+        )

@@ -276,7 +276,7 @@ def test_interleaved_claim_without_locks_loses_the_race(
 ) -> None:
     """Plain engines (no BEGIN IMMEDIATE): on SQLite the unique fire row / compare-and-set
     decide; PostgreSQL's row lock makes B skip the row A holds."""
-    from supervisor.scheduling import claim
+    from supervisor.scheduling import plan
 
     plain = [sa.create_engine(db_url), sa.create_engine(db_url)]
     try:
@@ -284,7 +284,7 @@ def test_interleaved_claim_without_locks_loses_the_race(
         a.migrate()
         every(a)
         pushed: list[dict[str, Any]] = []
-        real = claim.due_fires
+        real = plan.due_fires
         nested: list[bool] = []
 
         def interleave(*args: Any, **kw: Any) -> Any:
@@ -294,7 +294,7 @@ def test_interleaved_claim_without_locks_loses_the_race(
                 b.claim_due(T0 + 10, pushed.append)
             return decision
 
-        monkeypatch.setattr(claim, "due_fires", interleave)
+        monkeypatch.setattr(plan, "due_fires", interleave)
         a.claim_due(T0 + 10, pushed.append)
         assert [t["scheduled_at"] for t in pushed] == [T0 + 10]
         if db_url.startswith("postgresql"):

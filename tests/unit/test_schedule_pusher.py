@@ -8,7 +8,7 @@ import pytest
 
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.client.queue import Queue
-from supervisor.errors import BrokerError, TaskError
+from supervisor.errors import BrokerError, DatabaseBusy, TaskError
 from supervisor.registry import TaskOptions
 from supervisor.scheduling.pusher import BrokerPusher, InstanceTracker, is_duplicate
 from supervisor.scheduling.status import LagHistogram, status_doc
@@ -115,6 +115,28 @@ def test_tracker_counts_runs_until_they_finish(broker: MemoryBroker, clock: Fake
     assert tracker.count("s1") == 0 and loaded == ["s1"]  # finished; no second DB load
     pusher.push(fire(2))  # never asked about: not tracked
     assert tracker.count("s2") == 0
+
+
+class BusyTable(MemoryBroker):
+    """A durable broker whose task table is locked: live tasks answer, finished ones cannot."""
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        found = super().get_task(task_id)
+        if found is None or found["status"] not in ("queued", "running", "retrying", "scheduled"):
+            raise DatabaseBusy("the task table is locked by another process")
+        return found
+
+
+def test_a_busy_task_table_counts_finished_runs_as_not_live(clock: FakeClock) -> None:
+    broker = BusyTable(clock=clock, task_types={"report": TaskOptions(timeout_s=10)})
+    tracker = InstanceTracker(broker, recent_ids=lambda sid: ["sched-s1-gone"])
+    pusher = BrokerPusher(broker, clock=clock, on_pushed=tracker.record)
+    assert tracker.count("s1") == 0  # a fire of before the restart: finished, not live
+    pusher.push(fire(1))
+    assert tracker.count("s1") == 1  # a live run is still counted while the table is locked
+    with pytest.raises(DatabaseBusy):  # "was it pushed?" cannot be told: the caller decides
+        pusher.known("sched-s1-gone")
+    assert pusher.known(fire(1)["task_id"])
 
 
 def test_lag_histogram_is_cumulative() -> None:
