@@ -15,7 +15,10 @@ import os
 import queue
 import select
 import signal
-from collections.abc import Iterator
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any
 
 HANDLED = (
@@ -80,6 +83,19 @@ class SignalQueue:
             out.append(self._queue.get_nowait())
         return out
 
+    def fork(self, child: Callable[[], object]) -> int:
+        """Fork with every handled signal blocked; the child runs ``child()`` (it must not
+        return; if it does, the child exits 1) and unblocks them itself once it has installed
+        its own handlers. Returns the child's pid; raises OSError when the fork fails."""
+        with self.blocked():
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child()
+                finally:
+                    os._exit(1)
+        return pid
+
     @contextlib.contextmanager
     def blocked(self) -> Iterator[None]:
         """Block every handled signal (e.g. around fork); pending ones arrive on exit."""
@@ -88,3 +104,9 @@ class SignalQueue:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def current_stack() -> str:
+    """The stack of the calling thread, formatted (the master's USR2 dump)."""
+    frame = sys._current_frames().get(threading.get_ident())
+    return "".join(traceback.format_stack(frame)) if frame else "(unavailable)"

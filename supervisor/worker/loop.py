@@ -19,14 +19,14 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from loguru import logger
 
 from supervisor import logs, osutil, payload
-from supervisor.broker.base import Report
+from supervisor.broker.base import Broker, Report
 from supervisor.client import seed as compat
-from supervisor.client.proxy import BrokerClient
 from supervisor.client.queue import Queue
 from supervisor.errors import (
     Cancelled,
@@ -61,8 +61,7 @@ class Worker:
         registry: TaskRegistry,
         options: dict[str, TaskOptions],
         scoreboard: sb.Scoreboard,
-        address: Any,
-        authkey: bytes,
+        connect: Callable[[], Broker],
         master_pid: int,
         max_tasks: int = 0,
         max_tasks_jitter: int = 0,
@@ -70,19 +69,20 @@ class Worker:
         max_payload_bytes: int | None = None,
         max_result_bytes: int = 1 << 20,
         heartbeat_timeout_s: float = 30.0,
+        log_successes: bool = False,
         close_fds: tuple[int, ...] = (),
     ) -> None:
         self.slot = slot
         self.registry = registry
         self.options = options
         self.scoreboard = scoreboard
-        self.address = address
-        self.authkey = authkey
+        self.connect = connect  # called after the fork: the child's own broker client
         self.master_pid = master_pid
         self.max_tasks_conf = (max_tasks, max_tasks_jitter)
         self.max_memory_bytes = max_memory_bytes
         self.max_payload_bytes = max_payload_bytes
         self.max_result_bytes = max_result_bytes
+        self.success_level = "INFO" if log_successes else "DEBUG"
         # Wait in the broker at most a third of the heartbeat timeout, so an idle worker is
         # never mistaken for a hung one.
         self.poll_s = min(POLL_S, heartbeat_timeout_s / 3)
@@ -114,7 +114,7 @@ class Worker:
         self.max_tasks = recycle_after(*self.max_tasks_conf)
         self.log = logger.bind(component="worker", worker=self.slot, pid=self.pid)
         self.consumer = f"worker:{self.slot}:{self.pid}"
-        self.client = BrokerClient(self.address, self.authkey)
+        self.client = self.connect()
         self.client.ping()
         compat.set_default_queue(Queue(self.client, max_payload_bytes=self.max_payload_bytes))
         _cancel_probe[:] = [lambda: self.scoreboard.field(self.slot, "cancel_request") == 1]
@@ -203,7 +203,9 @@ class Worker:
             return sb.EXIT_RECYCLE_MEMORY
         return sb.NO_REASON
 
-    # -- one task ----------------------------------------------------------------------------
+    # -- one task ---------------------------------------------------------------------------
+    # The worker says nothing above DEBUG about a failed attempt: the broker's line says what
+    # happens next (retry or dead) and the task record keeps the traceback.
     def execute(self, msg: dict[str, Any]) -> Report:
         task_id, task_type = msg["task_id"], msg["type"]
         log = self.log.bind(task_id=task_id, type=task_type)
@@ -215,12 +217,12 @@ class Worker:
         if handler is None or opts is None:
             known = ", ".join(self.registry.names()) or "(none)"
             error = f"task type {task_type!r} is not registered; known: {known}"
-            log.error("task invalid: {}", error)
+            log.debug("task invalid: {}", error)
             return (task_id, "invalid", {"error": error})
         try:
             params = payload.loads(msg["params"], what=f"params of task {task_id}")
         except PayloadError as exc:
-            log.error("task invalid: {}", exc)
+            log.debug("task invalid: {}", exc)
             return (task_id, "invalid", {"error": str(exc)})
         log.debug("task started (attempt {})", msg["attempt"])
         token = _current.set(
@@ -247,29 +249,37 @@ class Worker:
             return self.failure_report(task_id, exc, log)
         finally:
             _current.reset(token)
-        log.debug("task succeeded in {:.3f} s", time.monotonic() - now)
-        return self.result_report(task_id, task_type, result, log)
+        report = self.result_report(task_id, task_type, result, log)
+        if report[1] == "succeeded":
+            log.log(
+                self.success_level,
+                "task {} ({}) succeeded in {:.3f} s",
+                task_id,
+                task_type,
+                time.monotonic() - now,
+            )
+        return report
 
     def failure_report(self, task_id: str, exc: BaseException, log: Any) -> Report:
         """The report for a handler that raised ``exc``."""
         tb = "".join(traceback.format_exception(exc))
         if isinstance(exc, Cancelled) or cancel_requested():
-            log.info("task cancelled: {}", exc)
+            log.debug("task cancelled: {}", exc)
             return (
                 task_id,
                 "cancelled",
                 {"error": f"cancelled: {type(exc).__name__}: {exc}", "traceback": tb},
             )
         if isinstance(exc, Reject):
-            log.error("task rejected (dead, no retry): {}", exc)
+            log.debug("task rejected (dead, no retry): {}", exc)
             return (task_id, "invalid", {"error": f"rejected: {exc}", "traceback": tb})
         if isinstance(exc, Retry):
-            log.info("task asked for a retry: {}", exc)
+            log.debug("task asked for a retry: {}", exc)
             return (task_id, "retry", {"error": str(exc), "delay": exc.delay})
         if isinstance(exc, SoftTimeLimitExceeded):
-            log.warning("task timed out: {}", exc)
+            log.debug("task timed out: {}", exc)
             return (task_id, "failed", {"reason": "timeout", "error": str(exc), "traceback": tb})
-        log.warning("task failed: {}: {}", type(exc).__name__, exc)
+        log.debug("task failed: {}: {}", type(exc).__name__, exc)
         return (
             task_id,
             "failed",
@@ -277,22 +287,22 @@ class Worker:
         )
 
     def result_report(self, task_id: str, task_type: str, result: Any, log: Any) -> Report:
-        """Succeeded with a JSON-able result; a result over ``max_result_bytes`` is an error
-        that is not retried (the handler would produce it again)."""
+        """Succeeded with a JSON-able result. A result that is not JSON-able, or over
+        ``max_result_bytes`` as JSON, is an ``invalid`` attempt: dead at once, not retried (the
+        handler would return it again), with an error that says why."""
         if result is None or isinstance(result, bool | int | float):
             return (task_id, "succeeded", result)
         try:
             size = len(json.dumps(result))
-        except (TypeError, ValueError):
-            log.warning(
-                "result of type {} is not JSON-serializable; not kept", type(result).__name__
-            )
-            return (task_id, "succeeded", None)
+        except (TypeError, ValueError) as exc:
+            error = f"result of task type {task_type!r} is not JSON-able: {exc}"
+            log.debug("{}", error)
+            return (task_id, "invalid", {"error": error})
         if size > self.max_result_bytes:
             error = (
                 f"result of task type {task_type!r} is {size} bytes as JSON; the limit is "
                 f"{self.max_result_bytes} (max_result_bytes)"
             )
-            log.error("{}", error)
+            log.debug("{}", error)
             return (task_id, "invalid", {"error": error})
         return (task_id, "succeeded", result)

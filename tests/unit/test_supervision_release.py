@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -27,9 +28,23 @@ class FlakyClient:
         return "task-1"
 
 
+def _pool(broker: Any, fork: Any = None, workers: int = 1) -> WorkerPool:
+    from supervisor.config import Settings
+
+    settings = dataclasses.replace(Settings.defaults(), workers=workers)
+    return WorkerPool(
+        settings=settings,
+        broker=broker,
+        scoreboard=Scoreboard(2),
+        make_worker=lambda slot: None,
+        fork=fork or (lambda child: 0),
+        kill=lambda pid, sig: None,
+    )
+
+
 def test_a_failed_release_is_kept_and_retried_on_the_next_tick():
-    pool = WorkerPool()
-    pool.client = FlakyClient(failures=1)  # type: ignore[assignment]
+    pool = _pool(FlakyClient(failures=1))
+    pool.client = pool.broker  # type: ignore[attr-defined]
     pool.log = logger
     pool.pending_releases = [("worker:0:42", "worker_lost", "worker lost (signal 9)", 137)]
     pool.release_pending()
@@ -49,33 +64,17 @@ def test_the_scoreboard_keeps_a_comparable_prefix_of_long_task_ids():
     assert board.read(0).task_id == clip_id(long_id) == "x" * 100
 
 
-def test_a_failed_fork_backs_the_slot_off_instead_of_killing_the_master(monkeypatch):
-    from supervisor.config import Settings
-    from supervisor.master.pool import RUNNING
-    from supervisor.master.signals import SignalQueue
-    from supervisor.registry import TaskRegistry
-
-    pool = WorkerPool()
-    pool.settings = Settings.defaults()
-    pool.registry = TaskRegistry()
-    pool.options = {}
-    pool.scoreboard = Scoreboard(2)
-    pool.signals = SignalQueue()
-    pool.run_files = type("Files", (), {"address": "/nonexistent", "authkey": b"k"})()  # type: ignore[assignment]
-    pool.log = logger
-    pool.workers, pool.slots, pool.desired = {}, {}, 1
-    pool.state, pool.replace_pids, pool.surge_pid = RUNNING, set(), None
-
-    def no_fork() -> int:
+def test_a_failed_fork_backs_the_slot_off_instead_of_killing_the_master():
+    def no_fork(child: Any) -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr("supervisor.master.pool.os.fork", no_fork)
-    assert pool.spawn_worker(0, now=100.0) is None
+    pool = _pool(FlakyClient(failures=0), fork=no_fork, workers=1)
+    assert pool.spawn(0, now=100.0) is None
     assert pool.workers == {} and pool.slots[0].spawn_after > 100.0
-    pool.manage_workers(now=100.0)  # still backing off: no new attempt, no exception
+    pool.manage(now=100.0)  # still backing off: no new attempt, no exception
     assert pool.workers == {}
     first = pool.slots[0].spawn_after
-    pool.manage_workers(now=first)  # due: tries again, fails again, backs off longer
+    pool.manage(now=first)  # due: tries again, fails again, backs off longer
     assert pool.slots[0].spawn_after - first > first - 100.0 - 1e-9
 
 
