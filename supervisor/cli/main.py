@@ -258,6 +258,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"master pid {master.get('pid', '?')}  state {master.get('state', '?')}  "
         f"workers {len(master.get('workers', []))}/{master.get('desired_workers', '?')}"
     )
+    nodes = status.get("nodes") or {}
+    if len(nodes) > 1:  # a cluster on Redis: every node that published its status
+        for name, node in sorted(nodes.items()):
+            print(
+                f"node {name}: master pid {node.get('pid', '?')}  state {node.get('state', '?')}"
+                f"  workers {len(node.get('workers', []))}/{node.get('desired_workers', '?')}"
+            )
     print(
         f"queue: {stats['queued']} ready, {stats['scheduled']} scheduled, "
         f"{stats['retrying']} retrying, {stats['running']} running; "

@@ -73,11 +73,12 @@ def locate(
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 KEY_PREFIX_FILE = "key_prefix"
+NODE_FILE = "node"
 
 
-def published_redis(run_dir: str | None = None) -> tuple[str, str] | None:
-    """(URL, key prefix) of the Redis broker a master of this machine uses, as it wrote them in
-    its run folder (mode 0600), or None when the folder names no Redis broker."""
+def published_redis(run_dir: str | None = None) -> tuple[str, str, str | None] | None:
+    """(URL, key prefix, node name) of the Redis broker a master of this machine uses, as it
+    wrote them in its run folder (mode 0600), or None when the folder names no Redis broker."""
     run = Path(run_dir or os.environ.get("SUPERVISOR_RUN_DIR") or default_run_dir())
     try:
         url = (run / ADDRESS_FILE).read_text().strip()
@@ -89,4 +90,8 @@ def published_redis(run_dir: str | None = None) -> tuple[str, str] | None:
         prefix = (run / KEY_PREFIX_FILE).read_text().strip() or "sv"
     except OSError:
         prefix = "sv"
-    return url, prefix
+    try:
+        node: str | None = (run / NODE_FILE).read_text().strip() or None
+    except OSError:
+        node = None
+    return url, prefix, node

@@ -42,13 +42,14 @@ def connect(
     if url is None and address is not None and address.startswith(REDIS_SCHEMES):
         url = address
     published = None if url or address else published_redis(run_dir)
+    node = None
     if published is not None:  # the run folder of a master of this machine that uses Redis
-        url, key_prefix = published[0], key_prefix or published[1]
+        url, key_prefix, node = published[0], key_prefix or published[1], published[2]
     if url:
         from supervisor.broker.redis import RedisBroker
 
         prefix = key_prefix or os.environ.get("SUPERVISOR_KEY_PREFIX") or "sv"
-        redis_broker = RedisBroker(url=url, prefix=prefix, task_types=None)
+        redis_broker = RedisBroker(url=url, prefix=prefix, node=node, task_types=None)
         redis_broker.ping()
         return Queue(redis_broker, max_payload_bytes=max_payload_bytes)
     client = BrokerClient.from_env(address, authkey, run_dir, timeout_s=timeout_s)

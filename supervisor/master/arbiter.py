@@ -179,8 +179,7 @@ class Master:
         return build_scheduler(
             settings=self.settings,
             registry=self.registry,
-            address=self.run_files.address,
-            authkey=self.run_files.authkey,
+            connect=self.backend.connector(),
             declared=declared,
             close_fds=self.signals.fds(),
         )

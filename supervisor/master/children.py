@@ -7,6 +7,7 @@ the child does its own setup after the fork (see :meth:`supervisor.worker.loop.W
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -78,8 +79,7 @@ def build_scheduler(
     *,
     settings: Settings,
     registry: TaskRegistry,
-    address: Any,
-    authkey: bytes,
+    connect: Callable[[], Any],
     declared: list[Any] | None,
     close_fds: tuple[int, ...],
 ) -> Any:
@@ -88,8 +88,7 @@ def build_scheduler(
 
     return SchedulerProcess(
         database_url=settings.database,
-        address=address,
-        authkey=authkey,
+        connect=connect,
         task_types=registry.names(),
         config_schedules=declared,
         close_fds=close_fds,

@@ -26,7 +26,7 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NoReturn
 
 from loguru import logger
@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from supervisor import logs, osutil
+from supervisor.broker.base import Broker
 from supervisor.client.proxy import BrokerClient
 from supervisor.db import make_engine
 from supervisor.errors import ConfigError, ExitCode
@@ -61,7 +62,9 @@ class SchedulerProcess:
     """The scheduler child. Construct in the master (touches nothing), then :meth:`start`.
 
     * ``database_url``: SQLAlchemy URL of the schedules database.
-    * ``address``, ``authkey``: where the broker listens (as given to ``BrokerClient``).
+    * ``connect``: makes the child's broker client after the fork (the master's backend's
+      connector: the embedded broker's proxy, or Redis); else ``address``, ``authkey``: where
+      the embedded broker listens (as given to ``BrokerClient``).
     * ``task_types``: the app's registered task type names (validated at add time; recorded in
       the database for the CLI), or None to accept any.
     * ``config_schedules``: the full list of config/app-declared schedules (from
@@ -74,8 +77,9 @@ class SchedulerProcess:
         self,
         *,
         database_url: str,
-        address: Any,
-        authkey: bytes,
+        address: Any = None,
+        authkey: bytes = b"",
+        connect: Callable[[], Broker] | None = None,
         task_types: Collection[str] | None = None,
         config_schedules: Sequence[ScheduleSpec] | None = None,
         close_fds: Sequence[int] = (),
@@ -84,6 +88,7 @@ class SchedulerProcess:
         self.database_url = database_url
         self.address = address
         self.authkey = authkey
+        self.connect = connect
         self.task_types = None if task_types is None else sorted(task_types)
         self.config_schedules = None if config_schedules is None else list(config_schedules)
         self.close_fds = tuple(close_fds)
@@ -164,7 +169,11 @@ class SchedulerProcess:
         except (ConfigError, ArgumentError, NoSuchModuleError, ImportError) as exc:
             log.critical("scheduler database URL {} cannot be used: {}", label, exc)
             return int(ExitCode.USAGE)
-        client = BrokerClient(self.address, self.authkey, timeout_s=10.0)
+        client = (
+            self.connect()
+            if self.connect is not None
+            else BrokerClient(self.address, self.authkey, timeout_s=10.0)
+        )
         service = SchedulerService(
             store=ScheduleStore(engine, known_task_types=self.task_types),
             broker=client,
@@ -197,7 +206,9 @@ class SchedulerProcess:
             service.publish(service.clock())
             if self.listener is not None:
                 self.listener.close()
-            client.close()
+            close = getattr(client, "close", None)  # a connection of ours: not in the contract
+            if close is not None:
+                close()
             engine.dispose()
         log.info("scheduler stopped")
         return int(ExitCode.OK)

@@ -33,7 +33,7 @@ from supervisor.broker.backend import BrokerBackend, Connector
 from supervisor.broker.base import Broker
 from supervisor.broker.redis.broker import RedisBroker
 from supervisor.broker.redis.core import default_node, safe_url
-from supervisor.client.discovery import KEY_PREFIX_FILE
+from supervisor.client.discovery import KEY_PREFIX_FILE, NODE_FILE
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
 
@@ -117,6 +117,7 @@ class RedisBackend(BrokerBackend):
         self._broker = broker
         run_files.publish(self.url)  # local clients (`supervisor status`) find it there, 0600
         _write_private(run_files.run_dir / KEY_PREFIX_FILE, self.prefix + "\n")
+        _write_private(run_files.run_dir / NODE_FILE, self.node + "\n")
         with fork_guard():
             self._pid = fork_node_process(
                 make_broker=self.make_broker,
@@ -242,6 +243,8 @@ class RedisBackend(BrokerBackend):
                     os.waitpid(pid, 0)
             self._pid = None
         if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self._broker.forget_node()  # a clean stop: no stale status in `status`
             with contextlib.suppress(Exception):
                 self._broker.close()
             self._broker = None

@@ -54,10 +54,15 @@ class HubMixin(Core):
             pipe.execute()
 
     def get_status(self) -> dict[str, Any]:
-        """``{"master": this node's, "stats": ..., "scheduler": ... | None}``."""
+        """``{"master": ..., "nodes": {name: status}, "stats": ..., "scheduler": ... | None}``:
+        ``master`` is this node's master's status, or, for a client of a cluster of one node,
+        that node's."""
         scheduler, age = self.scheduler_status()
+        nodes = self.node_statuses()
+        master = nodes.get(self._node) or (next(iter(nodes.values())) if len(nodes) == 1 else {})
         return {
-            "master": self.master_status(),
+            "master": master,
+            "nodes": nodes,
             "stats": self.stats(),
             "scheduler": {**scheduler, "report_age_s": age} if scheduler else None,
         }

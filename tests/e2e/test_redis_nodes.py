@@ -1,0 +1,116 @@
+"""Several ``supervisor run`` nodes on one Redis and one PostgreSQL: nothing is lost when a node
+dies, a task runs on any node, and any process with the URL is a producer.
+
+A private ``redis-server`` (AOF, fsync always) per module and a fresh PostgreSQL schema per test.
+Leases are short here (``--lease 2``) so that recovery is quick to see.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import supervisor
+from supervisor.broker import base
+from tests.helpers import require_service, wait_until
+from tests.integration.test_schedule_backends import backend_url
+from tests.redisserver import RedisServer, redis_server_path
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+LEASE_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    require_service(redis_server_path() is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    with backend_url("postgresql", tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def cluster(start_master: Any, redis_url: str, pg_url: str) -> Any:
+    prefix = f"e{uuid.uuid4().hex[:8]}"
+
+    def node(name: str, *args: str, workers: int = 2) -> Any:
+        return start_master(
+            "--broker", redis_url, "--key-prefix", prefix, "--lease", str(LEASE_S),
+            "--node-name", name, *args,
+            workers=workers, name=name, database=pg_url,
+        )  # fmt: skip
+
+    node.producer = supervisor.connect(broker=redis_url, key_prefix=prefix)  # type: ignore[attr-defined]
+    return node
+
+
+def test_a_killed_node_loses_no_task(cluster: Any, tmp_path: Path) -> None:
+    a, b = cluster("a"), cluster("b")
+    q = cluster.producer
+    path = str(tmp_path / "runs.txt")
+    ids = q.push_tasks(
+        [{"type": "record", "params": {"path": path, "work_s": 0.3}} for _ in range(30)]
+    )
+
+    def running_on_a() -> bool:
+        return any(
+            (rec := q.get_task_state(t)) and rec["status"] == "running"
+            and (rec["consumer"] or "").startswith("worker:")
+            and a.status()["master"]["workers"]
+            for t in ids
+        )  # fmt: skip
+
+    wait_until(running_on_a, 20, what="tasks running on node a")
+    os.killpg(a.proc.pid, signal.SIGKILL)  # the whole tree: master, workers, node process
+    a.proc.wait(10)
+
+    def all_done() -> bool:
+        return all(q.get_task_state(t)["status"] == base.SUCCEEDED for t in ids)
+
+    wait_until(all_done, 60, what="every task to succeed on node b")
+    runs = Path(path).read_text().split()
+    assert set(runs) == set(ids)  # each ran, none lost
+    lost = [q.get_task_state(t) for t in ids if q.get_task_state(t)["attempts"] > 1]
+    assert lost, "node a's running tasks should have run again on node b"
+    for rec in lost:
+        assert rec["errors"][-1]["reason"] == base.REASON_WORKER_LOST
+    assert "recovered" in b.log_text()
+
+
+def test_a_task_running_on_one_node_is_cancelled_from_anywhere(cluster: Any) -> None:
+    a, b = cluster("a", "--cancel-grace", "0.5"), cluster("b", "--cancel-grace", "0.5")
+    q = cluster.producer
+    tid = q.push_task({"type": "hold", "params": {"key": "held", "seconds": 60}})
+    wait_until(lambda: q.get_public("held"), 20, what="the task to start on a node")
+    assert q.cancel_task(tid) == "cancelling"
+    rec = wait_until(
+        lambda: (r := q.get_task_state(tid)) and r["status"] == base.CANCELLED and r,
+        20,
+        what="the owning node to stop the task",
+    )
+    assert rec["attempts"] == 1  # never retried
+    assert a.proc.poll() is None and b.proc.poll() is None
+
+
+def test_unique_keys_hold_across_producers_and_nodes(cluster: Any, redis_url: str) -> None:
+    cluster("a")
+    q = cluster.producer
+    other = supervisor.connect(broker=redis_url, key_prefix=q.broker._keys.prefix)
+    first = q.push_task({"type": "hold", "params": {"key": "u1", "seconds": 5}, "unique_key": "k"})
+    again = other.push_task({"type": "hold", "params": {"key": "u2"}, "unique_key": "k"})
+    assert again == first
+    q.set_public("release", True)
+    wait_until(lambda: q.get_task_state(first)["status"] == base.SUCCEEDED, 20, what="done")
+    assert other.push_task({"type": "noop", "params": {}, "unique_key": "k"}) != first
