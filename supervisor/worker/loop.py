@@ -29,6 +29,7 @@ from supervisor.broker.base import Broker, Report
 from supervisor.client import seed as compat
 from supervisor.client.queue import Queue
 from supervisor.errors import (
+    BrokerError,
     Cancelled,
     ExitCode,
     PayloadError,
@@ -37,7 +38,7 @@ from supervisor.errors import (
     SoftTimeLimitExceeded,
 )
 from supervisor.master import scoreboard as sb
-from supervisor.policy import recycle_after
+from supervisor.policy import compute_backoff, recycle_after
 from supervisor.registry import TaskOptions, TaskRegistry
 from supervisor.worker.context import TaskContext, _cancel_probe, _current, cancel_requested
 
@@ -88,6 +89,7 @@ class Worker:
         self.poll_s = min(POLL_S, heartbeat_timeout_s / 3)
         self.close_fds = close_fds
         self.stop = False
+        self._broker_failures = 0
         self.tasks_done = 0
         self._in_handler = False
         self._soft_s: float | None = None
@@ -177,9 +179,18 @@ class Worker:
                 reason = sb.EXIT_SHUTDOWN
                 break
             self.scoreboard.heartbeat(self.slot, time.monotonic())
-            # A BrokerError here propagates: the worker exits non-zero, and the master retries
-            # the task it could not report (or stops, if the broker itself is gone).
-            msg = self.client.exchange(self.consumer, report, self.poll_s)
+            try:
+                msg = self.client.exchange(self.consumer, report, self.poll_s)
+            except BrokerError as exc:
+                # The broker is unreachable (Redis down or cut off; the embedded broker gone,
+                # and then the master stops us). The report is kept and sent again once it
+                # answers: a result is never dropped (a report whose lease was recovered
+                # meanwhile is refused there, so the task is still recorded once).
+                self._broker_down(exc, kept=report is not None)
+                continue
+            if self._broker_failures:
+                self.log.info("the broker answers again; report sent")
+                self._broker_failures = 0
             report = None
             if msg is None:
                 continue
@@ -193,6 +204,22 @@ class Worker:
         if report is not None:
             self.client.report(self.consumer, report)
         return reason
+
+    def _broker_down(self, exc: BaseException, *, kept: bool) -> None:
+        """Back off after a failed broker call (0.1 s doubling to 5 s), heartbeating."""
+        self._broker_failures += 1
+        delay = compute_backoff(self._broker_failures, base_s=0.1, cap_s=5.0, jitter=False)
+        if self._broker_failures == 1 or self._broker_failures % 30 == 0:
+            self.log.warning(
+                "broker unreachable ({}){}; trying again in {:.1f} s",
+                exc,
+                ", the last task's report is kept" if kept else "",
+                delay,
+            )
+        deadline = time.monotonic() + delay
+        while not self.stop and time.monotonic() < deadline:
+            self.scoreboard.heartbeat(self.slot, time.monotonic())
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def recycle_reason(self) -> int:
         if self.max_tasks and self.tasks_done >= self.max_tasks:

@@ -114,3 +114,43 @@ def test_unique_keys_hold_across_producers_and_nodes(cluster: Any, redis_url: st
     q.set_public("release", True)
     wait_until(lambda: q.get_task_state(first)["status"] == base.SUCCEEDED, 20, what="done")
     assert other.push_task({"type": "noop", "params": {}, "unique_key": "k"}) != first
+
+
+def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
+    start_master: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of Redis while tasks run: they finish, their reports are kept and sent once
+    Redis is back (AOF, fsync always: nothing accepted is lost), and work resumes by itself."""
+    require_service(redis_server_path() is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    try:
+        node = start_master(
+            "--broker", server.url, "--lease", str(LEASE_S), "--node-name", "solo",
+            workers=2, name="solo", database=pg_url,
+        )  # fmt: skip
+        q = supervisor.connect(broker=server.url)
+        path = str(tmp_path / "runs.txt")
+        ids = q.push_tasks(
+            [{"type": "record", "params": {"path": path, "work_s": 1.0}} for _ in range(6)]
+        )
+        wait_until(
+            lambda: sum(q.get_task_state(t)["status"] == "running" for t in ids) == 2,
+            20,
+            what="two tasks running",
+        )
+        server.kill()  # Redis dies under the running tasks
+        wait_until(lambda: Path(path).exists(), 10, what="a task to finish while Redis is down")
+        node.wait_log("broker unreachable", 10)
+        server.start()  # the same port and folder: the AOF is replayed
+        q = supervisor.connect(broker=server.url)
+        wait_until(
+            lambda: all(q.get_task_state(t)["status"] == base.SUCCEEDED for t in ids),
+            60,
+            what="every task to succeed once Redis is back",
+        )
+        runs = Path(path).read_text().split()
+        assert set(runs) == set(ids)
+        assert node.proc.poll() is None  # the node never died
+    finally:
+        server.stop()

@@ -203,7 +203,10 @@ class RedisBackend(BrokerBackend):
                     )
         except BrokerError as exc:
             self._failures += 1
-            wait = compute_backoff(self._failures, base_s=0.5, cap_s=10.0, jitter=False)
+            # Back within a third of a lease of Redis' return, so leases are renewed before any
+            # node may recover them (recovery waits a whole lease after a restart).
+            cap = min(10.0, self.lease_s / 3)
+            wait = compute_backoff(self._failures, base_s=min(0.5, cap), cap_s=cap, jitter=False)
             self._quiet_until = now + wait
             self._next_renew = min(self._next_renew, now)  # renew first thing when it is back
             self.log.error("{}; trying again in {:.1f} s", exc, wait)
