@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     APP_IMPORT = 4  # the task app failed to import
     CRASH_LOOP = 5  # the crash-loop breaker tripped
     BROKER_LOST = 6  # the broker process died under the master
+    BROKER_UNREACHABLE = 7  # the Redis broker could not be reached at start: not respawned
 
 
 class SupervisorError(Exception):
@@ -51,6 +52,10 @@ class PayloadError(TaskError):
 
 class BrokerError(SupervisorError):
     """The broker could not be reached, refused the auth key, or did not answer in time."""
+
+
+class BrokerUnreachable(BrokerError):
+    """The Redis broker at the configured URL does not answer (or refuses us) at start."""
 
 
 class DatabaseBusy(BrokerError):

@@ -27,7 +27,7 @@ from supervisor.broker.base import REASON_SHUTDOWN, Broker
 from supervisor.client import seed as compat
 from supervisor.client.queue import Queue
 from supervisor.config import Settings
-from supervisor.errors import BrokerError, ExitCode, SupervisorError
+from supervisor.errors import BrokerError, BrokerUnreachable, ExitCode, SupervisorError
 from supervisor.master import scoreboard as sb
 from supervisor.master.children import (
     build_scheduler,
@@ -191,7 +191,10 @@ class Master:
             self.start()
         except SupervisorError as exc:
             self.log.critical("cannot start: {}", exc)
-            self.exit_code = ExitCode.USAGE if "already running" in str(exc) else ExitCode.ERROR
+            if isinstance(exc, BrokerUnreachable):
+                self.exit_code = ExitCode.BROKER_UNREACHABLE
+            else:
+                self.exit_code = ExitCode.USAGE if "already running" in str(exc) else ExitCode.ERROR
             self.cleanup()
             return int(self.exit_code)
         try:

@@ -154,3 +154,34 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
         assert node.proc.poll() is None  # the node never died
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis://:wrongpass@127.0.0.1:{port}/0", "cannot reach Redis"),  # nothing listens
+        ("redis://127.0.0.1:{port}/0", "cannot reach Redis"),
+    ],
+)
+def test_redis_unreachable_at_start_is_one_error_and_exit_7(
+    start_master: Any, url: str, words: str
+) -> None:
+    from tests.redisserver import free_port
+
+    m = start_master("--broker", url.format(port=free_port()), workers=1, wait=False)
+    assert m.wait_exit(30) == 7
+    text = m.log_text()
+    assert words in text and "wrongpass" not in text and "Traceback" not in text
+
+
+def test_a_wrong_database_number_or_a_server_that_is_not_redis_is_one_error(
+    start_master: Any, redis_url: str
+) -> None:
+    bad_db = redis_url.rsplit("/", 1)[0] + "/99"
+    m = start_master("--broker", bad_db, workers=1, wait=False, name="db")
+    assert m.wait_exit(30) == 7
+    assert "DB index is out of range" in m.log_text() and "Traceback" not in m.log_text()
+    not_redis = "redis://127.0.0.1:5432/0"  # PostgreSQL's port on this machine
+    m2 = start_master("--broker", not_redis, workers=1, wait=False, name="pg")
+    assert m2.wait_exit(30) == 7
+    assert "127.0.0.1:5432" in m2.log_text() and "Traceback" not in m2.log_text()

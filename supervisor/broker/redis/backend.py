@@ -34,7 +34,7 @@ from supervisor.broker.base import Broker
 from supervisor.broker.redis.broker import RedisBroker
 from supervisor.broker.redis.core import default_node, safe_url
 from supervisor.client.discovery import KEY_PREFIX_FILE, NODE_FILE
-from supervisor.errors import BrokerError
+from supervisor.errors import BrokerError, BrokerUnreachable
 from supervisor.policy import compute_backoff
 
 if TYPE_CHECKING:
@@ -111,7 +111,10 @@ class RedisBackend(BrokerBackend):
 
         self._options = (task_types, default_options)
         broker = self.make_broker(socket_timeout_s=MASTER_SOCKET_TIMEOUT_S)
-        broker.ping()  # BrokerError naming the URL when Redis cannot be reached
+        try:
+            broker.ping()
+        except BrokerError as exc:  # naming the URL (never its password): exit code 7
+            raise BrokerUnreachable(f"{exc}; check --broker and that Redis runs") from None
         for problem in broker.check_server():
             self.log.warning("Redis at {} may lose tasks: {}", self.where, problem)
         self._broker = broker
