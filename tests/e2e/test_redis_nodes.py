@@ -185,3 +185,126 @@ def test_a_wrong_database_number_or_a_server_that_is_not_redis_is_one_error(
     m2 = start_master("--broker", not_redis, workers=1, wait=False, name="pg")
     assert m2.wait_exit(30) == 7
     assert "127.0.0.1:5432" in m2.log_text() and "Traceback" not in m2.log_text()
+
+
+def test_a_frozen_nodes_task_is_recovered_and_its_late_report_refused(
+    cluster: Any, tmp_path: Path
+) -> None:
+    import psutil
+
+    a, b = cluster("a", workers=1), cluster("b", workers=1)
+    q = cluster.producer
+    path = str(tmp_path / "runs.txt")
+    tid = q.push_task({"type": "record", "params": {"path": path, "work_s": 4 * LEASE_S}})
+    rec = wait_until(
+        lambda: (r := q.get_task_state(tid)) and r["status"] == "running" and r, 20, what="start"
+    )
+    worker_pid = int(rec["consumer"].rsplit(":", 1)[1])
+    frozen, other = (a, b) if worker_pid in {p.pid for p in a.descendants()} else (b, a)
+    tree = [psutil.Process(frozen.proc.pid), *frozen.descendants()]
+    for p in tree:
+        p.suspend()  # SIGSTOP: the node stops renewing, as if cut off
+    try:
+        wait_until(
+            lambda: q.get_task_state(tid)["attempts"] == 2, 4 * LEASE_S + 10, what="recovery"
+        )
+    finally:
+        for p in tree:
+            p.resume()
+    done = wait_until(
+        lambda: (r := q.get_task_state(tid)) and r["status"] == base.SUCCEEDED and r,
+        30,
+        what="the task to succeed on the other node",
+    )
+    # Once it runs again, the frozen node learns at its next renewal that the lease is lost
+    # and kills its worker; had the worker finished first, its late report would be refused.
+    wait_until(
+        lambda: "lease was lost" in (t := frozen.log_text()) or "refused" in t,
+        20,
+        what="the frozen node to give the task up",
+    )
+    assert done["attempts"] == 2 and [e["reason"] for e in done["errors"]] == ["worker_lost"]
+    assert q.get_task_state(tid) == done  # recorded once
+    assert other.proc.poll() is None
+
+
+class PausableProxy:
+    """A TCP proxy to Redis that can stop forwarding (a network cut, not a closed socket)."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target = target_port
+        self.open = threading.Event()
+        self.open.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.open.wait()  # while cut: hold the bytes, as a dead link would
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_node_cut_off_from_redis_loses_its_task_to_another(
+    cluster: Any, redis_url: str, tmp_path: Path
+) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
+    proxy = PausableProxy(port)
+    try:
+        cut_url = f"redis://127.0.0.1:{proxy.port}/0"
+        q = cluster.producer
+        prefix = q.broker._keys.prefix
+        path = str(tmp_path / "runs.txt")
+        cut = cluster("cut", "--broker", cut_url, "--key-prefix", prefix, workers=1)
+        tid = q.push_task({"type": "record", "params": {"path": path, "work_s": 3 * LEASE_S}})
+        wait_until(lambda: q.get_task_state(tid)["status"] == "running", 20, what="start")
+        proxy.open.clear()  # the node is cut off from Redis; it keeps running
+        cluster("other", workers=1)
+        done = wait_until(
+            lambda: (r := q.get_task_state(tid)) and r["status"] == base.SUCCEEDED and r,
+            60,
+            what="the other node to recover the task and finish it",
+        )
+        proxy.open.set()
+        wait_until(
+            lambda: "lease was lost" in (t := cut.log_text()) or "refused" in t,
+            60,
+            what="the cut-off node to give the task up",
+        )
+        assert done["attempts"] == 2 and done["errors"][-1]["reason"] == "worker_lost"
+        assert q.get_task_state(tid)["status"] == base.SUCCEEDED  # recorded once
+    finally:
+        proxy.open.set()
+        proxy.close()
