@@ -1,6 +1,9 @@
 """The Prometheus collector: every metric computed at scrape time, in the broker process.
 
-Sources, all read without asking another process:
+Sources, all read without asking another process or a database (the broker is read through
+:class:`~supervisor.observability.view.MetricsSource`: its in-memory counters and ``stats()``,
+never ``get_queue_stats()`` or ``list_tasks()``, so a locked task table cannot fail a scrape or
+turn its figures into zeros):
 
 * the broker's cumulative counters and O(priorities) ``stats()`` (tasks pushed, started,
   finished, failed attempts, retries; queue depth and age; delayed, running, store keys);
@@ -28,7 +31,6 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from supervisor.broker import base
-from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.master import scoreboard as sb
 from supervisor.observability.histograms import (
     DURATION_BUCKETS_S,
@@ -37,6 +39,7 @@ from supervisor.observability.histograms import (
 )
 from supervisor.observability.procstats import ProcSampler
 from supervisor.observability.scheduler import scheduler_families
+from supervisor.observability.view import MetricsSource
 from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN
 
 FINISHED_STATUSES = base.FINAL_STATUSES
@@ -72,7 +75,7 @@ class SupervisorCollector(Collector):
 
     def __init__(
         self,
-        broker: MemoryBroker,
+        broker: MetricsSource,
         scoreboard: sb.Scoreboard,
         *,
         graceful_timeout_s: float = 0.0,
@@ -319,7 +322,7 @@ class SupervisorCollector(Collector):
 
 
 def build_registry(
-    broker: MemoryBroker, scoreboard: sb.Scoreboard, *, graceful_timeout_s: float = 0.0
+    broker: MetricsSource, scoreboard: sb.Scoreboard, *, graceful_timeout_s: float = 0.0
 ) -> tuple[CollectorRegistry, SupervisorCollector]:
     """A registry of its own (not prometheus_client's global one) holding our collector."""
     registry = CollectorRegistry(auto_describe=False)

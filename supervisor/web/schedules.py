@@ -1,4 +1,9 @@
-"""Schedules for ``GET /api/schedules``, read in the broker process (its own engine, lazily)."""
+"""Schedules for ``GET /api/schedules``, read in the broker process (its own engine, lazily).
+
+A schedule's id is ``id`` in the answer (the store calls it ``task_id``). A database that is
+locked or unreachable raises :class:`~supervisor.errors.DatabaseBusy` (the API answers 503,
+retryable), never an empty list; only tables the scheduler has not created yet read as [].
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-_KEYS = (
-    "task_id",
+from supervisor.errors import DatabaseBusy
+
+KEYS = (
+    "id",
     "name",
     "task_type",
     "schedule_type",
@@ -23,6 +30,13 @@ _KEYS = (
     "max_runs",
     "description",
 )
+_RENAMED = {"id": "task_id"}
+_NO_TABLE = ("no such table", "does not exist", "undefinedtable")
+
+
+def schedule_doc(row: dict[str, Any]) -> dict[str, Any]:
+    """One schedule as the API shows it."""
+    return {k: row.get(_RENAMED.get(k, k)) for k in KEYS}
 
 
 class ScheduleLister:
@@ -43,6 +57,12 @@ class ScheduleLister:
                 self._store = ScheduleStore(make_engine(self.database_url))
         try:
             rows = self._store.list_tasks()
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-            return []  # no scheduler tables yet
-        return [{k: row.get(k) for k in _KEYS} for row in rows]
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+            text = str(exc.orig if exc.orig is not None else exc).lower()
+            if any(marker in text for marker in _NO_TABLE):
+                return []  # no scheduler tables yet
+            reason = "locked" if "locked" in text or "busy" in text else "unreachable"
+            raise DatabaseBusy(
+                f"the schedule database is {reason}: retry once it is free"
+            ) from None
+        return [schedule_doc(row) for row in rows]

@@ -1,62 +1,65 @@
-"""The HTTP endpoints, served by a thread of the broker process: /metrics, /livez, /readyz.
+"""The HTTP endpoints, served by threads of the broker process: /metrics, /livez, /readyz, /api/.
 
 The master passes :func:`make_on_serve`'s closure to ``start_broker_process``; the broker calls
 it once its manager listener is bound. It binds the HTTP port there and then (a bind error fails
 the broker's start with a message, so the master exits 1 saying why), starts a daemon thread
-running a ``ThreadingHTTPServer``, and writes the bound ``host:port`` to ``RUN_DIR/http_address``
-(for port 0, and for ``supervisor health``).
+running a :class:`~supervisor.web.httpd.BoundedHTTPServer` (limits, read deadlines, JSON errors:
+see that module), and writes the bound ``host:port`` to ``RUN_DIR/http_address`` (for port 0,
+and for ``supervisor health``). Everything here reads the broker through
+:class:`~supervisor.observability.view.BrokerView`, never an implementation.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from loguru import logger
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.cli.health import HTTP_ADDRESS_FILE
-from supervisor.errors import SupervisorError
+from supervisor.errors import BrokerError, ConfigError
 from supervisor.master import scoreboard as sb
 from supervisor.observability import probes
 from supervisor.observability.collector import SupervisorCollector, build_registry
-from supervisor.web.api import Api
+from supervisor.observability.view import BrokerView
+from supervisor.web.api import Api, public_message
+from supervisor.web.handler import JsonRequestHandler
+from supervisor.web.httpd import BoundedHTTPServer, Limits
 from supervisor.web.schedules import ScheduleLister
 
 __all__ = [
     "HTTP_ADDRESS_FILE",
+    "Limits",
     "MetricsServer",
     "make_on_serve",
     "start_http_server",
     "write_http_address",
 ]
 _log = logger.bind(component="http")
+PLAIN_PATHS = ("/", "/metrics", "/livez", "/readyz")
+PROBE_PATHS = ("/livez", "/readyz")
+MAX_QUERY_FIELDS = 32
 
 
-class MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+class MetricsServer(BoundedHTTPServer):
+    """/metrics, /livez, /readyz and /api/ over a :class:`BrokerView` and the scoreboard."""
 
     def __init__(
         self,
         address: tuple[str, int],
         *,
-        broker: MemoryBroker,
+        broker: BrokerView,
         scoreboard: sb.Scoreboard,
         graceful_timeout_s: float = 0.0,
         api: Api | None = None,
+        limits: Limits | None = None,
     ) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, limits=limits)
         self.broker = broker
         self.scoreboard = scoreboard
         self.api = api or Api(broker)
@@ -65,6 +68,11 @@ class MetricsServer(ThreadingHTTPServer):
         self.registry, self.collector = build_registry(
             broker, scoreboard, graceful_timeout_s=graceful_timeout_s
         )
+
+    def allowed_methods(self, path: str) -> tuple[str, ...] | None:
+        if path.startswith("/api/"):
+            return self.api.allowed(path)
+        return ("GET",) if (path.rstrip("/") or "/") in PLAIN_PATHS else None
 
     def liveness(self) -> probes.Probe:
         return probes.liveness(self.collector.heartbeat_age_s())
@@ -93,78 +101,83 @@ class MetricsServer(ThreadingHTTPServer):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonRequestHandler):
+    """Routes a request the server's limits let through (method allowed, body read)."""
+
     server: MetricsServer
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that stalls mid-request does not hold a thread forever
 
-    def _api(self, method: str) -> None:
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(min(length, 1 << 20)) if length else b""
-        try:
-            code, doc = self.server.api.handle(
-                method, parts.path, parse_qs(parts.query), self.headers.get("Authorization"), body
-            )
-        except Exception as exc:  # a bad request must not take the thread or the broker down
-            _log.opt(exception=exc).error("api {} {} failed: {}", method, parts.path, exc)
-            code, doc = 500, {"error": f"internal error: {type(exc).__name__}"}
-        self._send(code, json.dumps(doc, default=repr).encode() + b"\n", "application/json")
+    def exempt_from_in_flight(self, path: str) -> bool:
+        return path.rstrip("/") in PROBE_PATHS
 
-    def do_POST(self) -> None:
-        if urlsplit(self.path).path.startswith("/api/"):
-            self._api("POST")
-        else:
-            self._send(405, b"POST is for /api/ calls only\n", "text/plain")
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/") or "/"
+    def respond(self) -> None:
+        path, _, query = self.path.partition("?")  # as the handler routed it
         if path.startswith("/api/"):
-            self._api("GET")
-        elif path == "/metrics":
-            try:
-                body = generate_latest(self.server.registry)
-            except Exception as exc:  # a scrape must not take the thread or the broker down
-                _log.opt(exception=exc).error("metrics collection failed: {}", exc)
-                self._send(500, f"metrics collection failed: {exc}\n".encode(), "text/plain")
-                return
-            self._send(200, body, CONTENT_TYPE_LATEST)
-        elif path in ("/livez", "/readyz"):
+            self._api(path, query)
+            return
+        path = path.rstrip("/") or "/"
+        if path == "/metrics":
+            self._metrics()
+        elif path in PROBE_PATHS:
             probe = self.server.liveness() if path == "/livez" else self.server.readiness()
-            self._send(
-                200 if probe.ok else 503,
-                json.dumps(probe.body()).encode() + b"\n",
-                "application/json",
-            )
-        elif path == "/":
-            self._send(
+            self.send_json(200 if probe.ok else 503, probe.body())
+        else:
+            self.send_body(
                 200, b"supervisor: /metrics /livez /readyz /api/openapi.json\n", "text/plain"
             )
-        else:
-            self._send(404, b"not found: try /metrics, /livez or /readyz\n", "text/plain")
 
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    def _api(self, path: str, raw_query: str) -> None:
+        try:
+            query = parse_qs(
+                raw_query,
+                keep_blank_values=True,
+                strict_parsing=False,
+                errors="strict",
+                max_num_fields=MAX_QUERY_FIELDS,
+            )
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            self.send_json(400, {"error": f"query string: {reason}"})
+            return
+        code, doc = self.server.api.handle(
+            self.command, path, query, self.headers.get("Authorization"), self.body
+        )
+        headers: dict[str, str] = {}
+        if code == 405:
+            headers["Allow"] = ", ".join(self.server.api.allowed(path) or ())
+        elif code == 503:
+            headers["Retry-After"] = "1"
+        self.send_json(code, doc, headers=headers)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("http {} {}", self.client_address[0], format % args)
+    def _metrics(self) -> None:
+        try:
+            body = generate_latest(self.server.registry)
+        except BrokerError as exc:  # a source is busy: no answer rather than a wrong one
+            _log.warning("metrics collection failed: {}", public_message(exc))
+            self.send_json(
+                503,
+                {"error": f"metrics unavailable: {public_message(exc)}", "retryable": True},
+                headers={"Retry-After": "1"},
+            )
+            return
+        except Exception as exc:  # a scrape must not take the thread or the broker down
+            _log.opt(exception=exc).error("metrics collection failed: {}", exc)
+            self.send_json(500, {"error": f"metrics collection failed: {type(exc).__name__}"})
+            return
+        self.send_body(200, body, CONTENT_TYPE_LATEST)
 
 
 def start_http_server(
     *,
-    broker: MemoryBroker,
+    broker: BrokerView,
     scoreboard: sb.Scoreboard,
     host: str,
     port: int,
     graceful_timeout_s: float = 0.0,
     api: Api | None = None,
+    limits: Limits | None = None,
 ) -> MetricsServer:
-    """Bind ``(host, port)`` now (raises SupervisorError) and serve in a daemon thread."""
+    """Bind ``(host, port)`` now (raises ConfigError naming the setting) and serve in a daemon
+    thread."""
     try:
         server = MetricsServer(
             (host, port),
@@ -172,6 +185,7 @@ def start_http_server(
             scoreboard=scoreboard,
             graceful_timeout_s=graceful_timeout_s,
             api=api,
+            limits=limits,
         )
     except OSError as exc:
         message = (
@@ -179,7 +193,7 @@ def start_http_server(
             f"{exc.strerror or exc} (set --metrics-port, or --no-metrics)"
         )
         _log.error(message)
-        raise SupervisorError(message) from None
+        raise ConfigError(message) from None  # a setting to change: the master exits 2
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     _log.info("metrics and health endpoints at http://{}/metrics", server.url_address())
@@ -206,13 +220,15 @@ def make_on_serve(
     graceful_timeout_s: float,
     api_token: str | None = None,
     schedules_database: str | None = None,
-) -> Callable[[MemoryBroker], None]:
+    limits: Limits | None = None,
+) -> Callable[[BrokerView], None]:
     """The ``on_serve`` hook for ``start_broker_process``: runs in the broker process.
 
-    ``schedules_database`` (the scheduler's database URL, when it runs) serves /api/schedules.
+    ``schedules_database`` (the scheduler's database URL, when it runs) serves /api/schedules;
+    ``limits`` bound the HTTP server (default :class:`Limits`).
     """
 
-    def on_serve(broker: MemoryBroker) -> None:
+    def on_serve(broker: BrokerView) -> None:
         lister = ScheduleLister(schedules_database) if schedules_database else None
         api = Api(broker, token=api_token, schedules=lister)
         server = start_http_server(
@@ -222,6 +238,7 @@ def make_on_serve(
             port=port,
             graceful_timeout_s=graceful_timeout_s,
             api=api,
+            limits=limits,
         )
         write_http_address(run_dir, server.url_address())
 

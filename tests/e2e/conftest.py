@@ -150,6 +150,9 @@ class Master:
             return []
 
     def close(self) -> None:
+        close_client = getattr(self._queue.broker, "close", None) if self._queue else None
+        if close_client is not None:  # a Redis client: its sockets are ours to close
+            close_client()
         leftovers = self.descendants()
         if self.proc.poll() is None:
             self.proc.kill()

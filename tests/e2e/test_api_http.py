@@ -23,7 +23,8 @@ def call(m, method: str, path: str, token: str | None = None) -> tuple[int, Any]
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        with exc:  # closes its socket
+            return exc.code, json.loads(exc.read())
 
 
 def test_api_reads_and_writes_with_the_token(start_master):
@@ -66,3 +67,31 @@ def test_write_calls_are_refused_without_a_configured_token(start_master):
     assert m.task(task_id)["status"] == "scheduled"
     code, doc = call(m, "GET", "/api/openapi.json")
     assert code == 200 and doc["openapi"].startswith("3.")
+
+
+def test_bad_requests_get_json_errors_and_leave_no_traceback(start_master):
+    m = start_master(workers=1)
+    done = m.queue.push_task({"type": "noop", "params": {}})
+    m.wait_status(done, "succeeded")
+    for method in ("DELETE", "TRACE", "PUT"):
+        code, doc = call(m, method, "/api/tasks")
+        assert code == 405 and "not allowed" in doc["error"], method
+    code, doc = call(m, "GET", "/api/tasks?status=")
+    assert code == 400 and check(code, doc, "/api/tasks")["error"].startswith("status:")
+    code, doc = call(m, "GET", "/api/tasks?since=bad")
+    assert code == 400 and doc["error"].startswith("since:")
+    code, doc = call(m, "GET", "/api/tasks?since=2h&status=succeeded")
+    assert [t["task_id"] for t in check(code, doc, "/api/tasks")["tasks"]] == [done]
+    code, doc = call(m, "GET", "/api/tasks?type=" + "x" * 70_000)
+    assert code == 414 and "error" in doc
+    base = "http://" + (m.run_dir / "http_address").read_text().strip()
+    req = urllib.request.Request(base + "/api/tasks/x/cancel", data=b"x" * (20 << 20))
+    try:
+        urllib.request.urlopen(req, timeout=20)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            assert exc.code == 413 and "over the limit" in json.loads(exc.read())["error"]
+    else:
+        pytest.fail("a 20 MB body was accepted")
+    assert call(m, "GET", "/api/stats")[0] == 200  # the server is still there
+    assert "Traceback" not in m.log_text()

@@ -42,7 +42,7 @@ def pg_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def cluster(start_master: Any, redis_url: str, pg_url: str) -> Any:
+def cluster(start_master: Any, redis_url: str, pg_url: str) -> Iterator[Any]:
     prefix = f"e{uuid.uuid4().hex[:8]}"
 
     def node(name: str, *args: str, workers: int = 2) -> Any:
@@ -52,8 +52,10 @@ def cluster(start_master: Any, redis_url: str, pg_url: str) -> Any:
             workers=workers, name=name, database=pg_url,
         )  # fmt: skip
 
-    node.producer = supervisor.connect(broker=redis_url, key_prefix=prefix)  # type: ignore[attr-defined]
-    return node
+    producer = supervisor.connect(broker=redis_url, key_prefix=prefix)
+    node.producer = producer  # type: ignore[attr-defined]
+    yield node
+    producer.broker.close()  # type: ignore[attr-defined]
 
 
 def test_a_killed_node_loses_no_task(cluster: Any, tmp_path: Path) -> None:
@@ -114,6 +116,7 @@ def test_unique_keys_hold_across_producers_and_nodes(cluster: Any, redis_url: st
     q.set_public("release", True)
     wait_until(lambda: q.get_task_state(first)["status"] == base.SUCCEEDED, 20, what="done")
     assert other.push_task({"type": "noop", "params": {}, "unique_key": "k"}) != first
+    other.broker.close()  # type: ignore[attr-defined]
 
 
 def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
@@ -143,6 +146,7 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
         wait_until(lambda: Path(path).exists(), 10, what="a task to finish while Redis is down")
         node.wait_log("broker unreachable", 10)
         server.start()  # the same port and folder: the AOF is replayed
+        q.broker.close()  # type: ignore[attr-defined]
         q = supervisor.connect(broker=server.url)
         wait_until(
             lambda: all(q.get_task_state(t)["status"] == base.SUCCEEDED for t in ids),
@@ -152,6 +156,7 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
         runs = Path(path).read_text().split()
         assert set(runs) == set(ids)
         assert node.proc.poll() is None  # the node never died
+        q.broker.close()  # type: ignore[attr-defined]
     finally:
         server.stop()
 

@@ -909,11 +909,13 @@ def test_late_report_after_recovery_is_refused(
 
 
 def test_renew_keeps_a_lease_alive(make: Callable[..., RedisBroker]) -> None:
-    a = make(node="a", lease_s=0.3)
-    b = make(node="b", lease_s=0.3)
+    # A lease of 1 s renewed every 50 ms: a stall of the test process (a loaded machine) must
+    # last twenty renewals before it looks like a dead node.
+    a = make(node="a", lease_s=1.0)
+    b = make(node="b", lease_s=1.0)
     tid = a.push(msg())
     a.pop(W1)
-    end = time.monotonic() + 1.0  # more than three leases
+    end = time.monotonic() + 2.5  # more than two leases
     while time.monotonic() < end:
         assert a.renew([W1, "worker:idle"]) == {"lost": [], "cancel": []}
         assert b.recover() == 0

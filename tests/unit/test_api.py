@@ -66,7 +66,7 @@ def test_read_calls(broker):
         broker,
         schedules=lambda: [
             {
-                "task_id": "s1",
+                "id": "s1",
                 "name": "n",
                 "task_type": "t",
                 "schedule_type": "interval",
@@ -92,7 +92,7 @@ def test_read_calls(broker):
     code, doc = api.handle("GET", "/api/workers", {})
     assert check(code, doc, "/api/workers")["workers"][0]["pid"] == 8
     code, doc = api.handle("GET", "/api/schedules", {})
-    assert check(code, doc, "/api/schedules")["schedules"][0]["task_id"] == "s1"
+    assert check(code, doc, "/api/schedules")["schedules"][0]["id"] == "s1"
 
 
 def test_bad_queries_get_400_naming_the_value(broker):

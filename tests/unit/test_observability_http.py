@@ -60,7 +60,8 @@ def get(srv: MetricsServer, path: str) -> tuple[int, str, dict[str, Any]]:
         with OPENER.open(f"http://{srv.url_address()}{path}", timeout=10) as resp:
             return resp.status, resp.headers.get("Content-Type", ""), _json(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), _json(exc.read())
+        with exc:  # closes its socket
+            return exc.code, exc.headers.get("Content-Type", ""), _json(exc.read())
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -172,7 +173,9 @@ def test_health_command_line(
     args = parser.parse_args(["health", "--run-dir", str(tmp_path), "--ready", "-q"])
     assert health.cmd_health(args) == 1
     assert capsys.readouterr() == ("", "")
-    assert health.cmd_health(parser.parse_args(["health", "--timeout", "0"])) == 2
+    with pytest.raises(SystemExit) as refused:  # a timeout that is not positive: usage, 2
+        parser.parse_args(["health", "--timeout", "0"])
+    assert refused.value.code == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["health", "--url", "x", "--run-dir", "y"])
 
