@@ -31,21 +31,15 @@ def parse_duration(text: str, what: str) -> float:
 
 
 def parse_since(text: str, now: float) -> float:
-    """A duration ago ('2h') or an ISO time ('2026-11-23T10:00') -> epoch seconds."""
+    """A duration ago ('2h'), epoch seconds or an ISO time -> epoch seconds: the forms of
+    ``/api/tasks?since=`` (one parser for both, :mod:`supervisor.web.since`)."""
+    from supervisor.web.since import SinceError
+    from supervisor.web.since import parse_since as shared
+
     try:
-        return now - parse_duration(text, "--since")
-    except UsageError:
-        if text.strip().startswith("-"):
-            raise
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"--since: expected a duration (2h) or an ISO time, got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return when.timestamp()
+        return shared(text.strip(), now=now, name="--since")
+    except SinceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def add_parser(sub: Any, client_flags: Any) -> None:
