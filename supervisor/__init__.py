@@ -35,6 +35,7 @@ from supervisor.errors import (
     SoftTimeLimitExceeded,
     SupervisorError,
 )
+from supervisor.queuemanager import QueueBackend, QueueManager, TaskWorker
 from supervisor.registry import TaskOptions, TaskRegistry
 from supervisor.worker.context import TaskContext, cancel_requested, current_task
 
@@ -47,6 +48,8 @@ __all__ = [
     "ExitCode",
     "MemoryQueue",
     "Queue",
+    "QueueBackend",
+    "QueueManager",
     "Reject",
     "Retry",
     "Settings",
@@ -55,6 +58,7 @@ __all__ = [
     "TaskContext",
     "TaskOptions",
     "TaskRegistry",
+    "TaskWorker",
     "__version__",
     "cancel_requested",
     "cleanup",

@@ -1,0 +1,85 @@
+"""A TCP forwarder for tests: ``start()`` listens on a fixed local port and relays to a target;
+``stop()`` closes the listener and cuts every relayed connection (as a server going down
+would); ``start()`` again listens on the same port (as the server coming back)."""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+
+from tests.redisserver import free_port
+
+
+class TcpProxy:
+    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+        self.target = target
+        self.port = port or free_port()
+        self._listener: socket.socket | None = None
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        t = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            t = threading.Thread(target=self._relay, args=(client, upstream), daemon=True)
+            t.start()
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(a, selectors.EVENT_READ, b)
+        sel.register(b, selectors.EVENT_READ, a)
+        try:
+            while True:
+                for key, _ in sel.select(timeout=1.0):
+                    src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            sel.close()
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = [t for t in self._threads if t.is_alive()]
