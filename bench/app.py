@@ -1,7 +1,8 @@
 """The task app the benchmark runs: ``supervisor run --app bench.app`` (from the repo root).
 
 It registers the demo's own ``noop`` and ``cpu`` handlers, with the demo's options, but not the
-demo's ``on_master_start`` producer, which would keep pushing tasks during the measurements.
+demo's ``SCHEDULES`` (its producer schedule), which would keep pushing tasks during the
+measurements.
 ``stamp`` is a no-op that returns the handler's wall-clock start, for push-to-handler latency.
 """
 

@@ -55,7 +55,7 @@ def add_parser(sub: Any, client_flags: Any) -> None:
     for name, text in (
         ("show", "one task's record (JSON)"),
         ("cancel", "cancel a queued, delayed or running task"),
-        ("retry", "queue a dead, failed or cancelled task again"),
+        ("retry", "queue a dead or cancelled task again"),
     ):
         p = tsub.add_parser(name, help=text)
         p.add_argument("task_id")

@@ -77,12 +77,12 @@ def test_dockerfile_slim_non_root_exec_entrypoint_stopsignal_healthcheck() -> No
 def test_compose_brings_up_the_stack_with_provisioning_mounted() -> None:
     compose = load_yaml(DEPLOY / "docker-compose.yml")
     services = compose["services"]
-    assert {"supervisor", "redis", "postgres", "prometheus", "grafana"} <= set(services)
+    assert {"supervisor", "postgres", "prometheus", "grafana"} <= set(services)
     sup = services["supervisor"]
     assert (DEPLOY / sup["build"]["context"] / sup["build"]["dockerfile"]).is_file()
     assert sup["stop_signal"] == "SIGTERM"
     graceful = float(sup["environment"].get("SUPERVISOR_GRACEFUL_TIMEOUT", GRACEFUL_DEFAULT_S))
-    assert seconds(sup["stop_grace_period"]) > graceful > 0
+    assert seconds(sup["stop_grace_period"]) > graceful + 5 > 5
     assert sup["healthcheck"]["test"][1:3] == ["supervisor", "health"]
     assert sup["environment"]["SUPERVISOR_METRICS_HOST"] == "0.0.0.0"
     mounts = {}
@@ -103,28 +103,65 @@ def test_compose_brings_up_the_stack_with_provisioning_mounted() -> None:
     assert prov["providers"][0]["folder"]
 
 
-def k8s_objects() -> dict[str, dict[str, Any]]:
-    objs: dict[str, dict[str, Any]] = {}
+def test_no_redis_until_the_redis_broker_is_wired_into_supervisor_run() -> None:
+    """The deploy files describe what `supervisor run` does today: nothing uses a Redis yet."""
+    for name in ("docker-compose.yml", "Dockerfile"):
+        assert "redis" not in (DEPLOY / name).read_text().lower(), name
+    for path in (DEPLOY / "kubernetes").glob("*.yaml"):
+        assert "redis" not in path.read_text().lower(), path.name
+
+
+def image_env() -> dict[str, str]:
+    """The Dockerfile's ENV settings (what a pod gets unless its manifest says otherwise)."""
+    env: dict[str, str] = {}
+    for word, rest in dockerfile():
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def k8s_objects() -> dict[str, list[dict[str, Any]]]:
+    """Kubernetes objects of deploy/kubernetes by kind."""
+    objs: dict[str, list[dict[str, Any]]] = {}
     for path in sorted((DEPLOY / "kubernetes").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                assert doc["kind"] not in objs, f"two {doc['kind']} objects"
-                objs[doc["kind"]] = doc
+                objs.setdefault(doc["kind"], []).append(doc)
     return objs
 
 
-def test_kubernetes_grace_probes_service_and_scraping() -> None:
+def k8s_one(kind: str) -> dict[str, Any]:
+    found = k8s_objects().get(kind, [])
+    assert len(found) == 1, f"{len(found)} {kind} objects, expected one"
+    return found[0]
+
+
+def workload() -> dict[str, Any]:
+    """The one StatefulSet or Deployment that runs `supervisor run`."""
     objs = k8s_objects()
-    assert {"Deployment", "Service", "ServiceMonitor"} <= set(objs)
-    pod = objs["Deployment"]["spec"]["template"]
+    found = objs.get("StatefulSet", []) + objs.get("Deployment", [])
+    assert len(found) == 1, [o["kind"] for o in found]
+    return found[0]
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {**image_env(), **{e["name"]: e.get("value") for e in container.get("env", [])}}
+
+
+def test_kubernetes_grace_probes_service_and_scraping() -> None:
+    pod = workload()["spec"]["template"]
     spec = pod["spec"]
     container = spec["containers"][0]
-    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    env = container_env(container)
     graceful = float(env.get("SUPERVISOR_GRACEFUL_TIMEOUT", GRACEFUL_DEFAULT_S))
-    assert spec["terminationGracePeriodSeconds"] > graceful
+    # the stop budget: SIGKILL comes well after the drain (and the exit) is over
+    assert spec["terminationGracePeriodSeconds"] > graceful + 5
     assert env["SUPERVISOR_METRICS_HOST"] == "0.0.0.0"
     port = next(p for p in container["ports"] if p["name"] == "metrics")
     assert str(port["containerPort"]) == env.get("SUPERVISOR_METRICS_PORT", "9810")
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
@@ -134,14 +171,65 @@ def test_kubernetes_grace_probes_service_and_scraping() -> None:
     assert notes["prometheus.io/scrape"] == "true"
     assert notes["prometheus.io/port"] == str(port["containerPort"])
     assert notes["prometheus.io/path"] == "/metrics"
-    svc = objs["Service"]["spec"]
+    service = k8s_one("Service")
+    svc = service["spec"]
     assert svc["selector"].items() <= pod["metadata"]["labels"].items()
     assert any(p["targetPort"] in ("metrics", port["containerPort"]) for p in svc["ports"])
-    monitor = objs["ServiceMonitor"]["spec"]
-    assert (
-        monitor["selector"]["matchLabels"].items() <= objs["Service"]["metadata"]["labels"].items()
-    )
+    monitor = k8s_one("ServiceMonitor")["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["endpoints"][0]["port"] == "metrics"
+
+
+def test_kubernetes_never_runs_two_pods_on_the_data() -> None:
+    """One writer of the SQLite file and of the journal at a time: one replica, and a rollout
+    that stops the old pod before the new one starts (a StatefulSet, or a Recreate Deployment)."""
+    obj = workload()
+    spec = obj["spec"]
+    assert spec["replicas"] == 1
+    if obj["kind"] == "StatefulSet":
+        assert spec.get("updateStrategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+        assert spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
+        service = k8s_one("Service")
+        assert spec["serviceName"] == service["metadata"]["name"]
+        assert service["spec"].get("clusterIP") == "None"  # a StatefulSet's governing service
+    else:
+        assert spec["strategy"]["type"] == "Recreate", f"a rolling Deployment overlaps: {spec}"
+
+
+def test_kubernetes_database_and_journal_live_on_a_persistent_volume() -> None:
+    """Schedules, task records and unfinished tasks survive the pod being replaced: the SQLite
+    file and the journal next to it (``<file>.tasklog``) are on a PersistentVolumeClaim."""
+    obj = workload()
+    pod = obj["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = container_env(container)
+    url = env.get("SUPERVISOR_DATABASE", "")
+    assert url.startswith("sqlite:////"), f"an absolute SQLite file, got {url!r}"
+    database = Path(url.removeprefix("sqlite:///"))
+    files = [database, Path(f"{database}.tasklog")]  # where open_journal puts the journal
+
+    claims = {t["metadata"]["name"]: t for t in obj["spec"].get("volumeClaimTemplates", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    persistent = set(claims) | {n for n, v in volumes.items() if "persistentVolumeClaim" in v}
+    assert not set(claims) & set(volumes), "a claim template shadowed by a pod volume"
+    for name, vol in volumes.items():
+        if name not in persistent:
+            assert "emptyDir" in vol or "configMap" in vol or "secret" in vol, name
+    for claim in claims.values():
+        assert claim["spec"]["accessModes"][0] in ("ReadWriteOnce", "ReadWriteOncePod")
+        assert claim["spec"]["resources"]["requests"]["storage"]
+
+    for path in files:
+        mounts = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+        assert mounts, f"{path} is on no volume"
+        deepest = max(mounts, key=lambda m: len(m["mountPath"]))
+        assert deepest["name"] in persistent, f"{path} is on {deepest['name']}, not on a PVC"
+    run_dir = env.get("SUPERVISOR_RUN_DIR", "")
+    run_mount = max(
+        (m for m in container["volumeMounts"] if Path(run_dir).is_relative_to(m["mountPath"])),
+        key=lambda m: len(m["mountPath"]),
+    )
+    assert run_mount["name"] not in persistent  # socket and pid file are per pod
 
 
 def alert_rules() -> list[dict[str, Any]]:
