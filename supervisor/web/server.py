@@ -83,10 +83,17 @@ class MetricsServer(BoundedHTTPServer):
             view = self.scoreboard.read(slot)
             if view.pid > 0 and view.state in (sb.IDLE, sb.BUSY):
                 ready += 1
+        try:
+            master_state = self.broker.master_status().get("state")
+            dispatching = self.broker.dispatching()
+        except BrokerError as exc:  # Redis down or cut off: not ready, and say why
+            return probes.Probe(
+                False, f"the broker does not answer: {exc}", {"ready_workers": ready}
+            )
         return probes.readiness(
             heartbeat_age_s=self.collector.heartbeat_age_s(),
-            master_state=self.broker.master_status().get("state"),
-            dispatching=self.broker.dispatching(),
+            master_state=master_state,
+            dispatching=dispatching,
             ready_workers=ready,
         )
 

@@ -145,6 +145,7 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
         server.kill()  # Redis dies under the running tasks
         wait_until(lambda: Path(path).exists(), 10, what="a task to finish while Redis is down")
         node.wait_log("broker unreachable", 10)
+        wait_until(lambda: readyz(node) == 503, 10, what="/readyz to say not ready")
         server.start()  # the same port and folder: the AOF is replayed
         q.broker.close()  # type: ignore[attr-defined]
         q = supervisor.connect(broker=server.url)
@@ -156,6 +157,7 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
         runs = Path(path).read_text().split()
         assert set(runs) == set(ids)
         assert node.proc.poll() is None  # the node never died
+        wait_until(lambda: readyz(node) == 200, 20, what="/readyz to say ready again")
         q.broker.close()  # type: ignore[attr-defined]
     finally:
         server.stop()
@@ -231,6 +233,22 @@ def test_a_frozen_nodes_task_is_recovered_and_its_late_report_refused(
     assert done["attempts"] == 2 and [e["reason"] for e in done["errors"]] == ["worker_lost"]
     assert q.get_task_state(tid) == done  # recorded once
     assert other.proc.poll() is None
+
+
+def readyz(node: Any) -> int:
+    """The HTTP status of the node's /readyz (0 when it does not answer)."""
+    import urllib.error
+    import urllib.request
+
+    address = (node.run_dir / "http_address").read_text().strip()
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+    except OSError:
+        return 0
 
 
 class PausableProxy:
