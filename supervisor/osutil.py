@@ -1,4 +1,5 @@
-"""Small POSIX helpers: die with the parent, read with a deadline, describe a wait status."""
+"""Small POSIX helpers: die with the parent, read with a deadline, describe a wait status, the
+set-up of a forked service child and its stop."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -65,3 +68,56 @@ def exit_code_of(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+
+
+def service_child(on_term: Callable[[int, Any], None]) -> None:
+    """In a service process just forked from the master (the broker, the node process): a
+    process group of its own (a terminal's ^C is for the master), death with the master,
+    ``on_term`` for SIGTERM, the master's other signals ignored, and the mask the master set
+    around the fork lifted."""
+    os.setpgid(0, 0)
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
+    for sig in (
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGQUIT,
+    ):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL ``pid`` (a child of ours) and reap it; gone already is fine."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def stop_child(pid: int, wait_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """SIGTERM the child ``pid``, reap it within ``wait_s`` (polling), else SIGKILL it."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = clock() + wait_s
+    while clock() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)
+    kill_and_reap(pid)

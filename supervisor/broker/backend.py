@@ -110,6 +110,24 @@ class BrokerBackend(abc.ABC):
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def http_hook(settings: Settings, scoreboard: Scoreboard) -> Callable[[Any], None] | None:
+    """The ``on_serve`` hook that starts the HTTP endpoints in the process that serves the
+    broker (the embedded broker's, or a Redis node's), or None with ``--no-metrics``."""
+    if not settings.metrics:
+        return None
+    from supervisor.web.server import make_on_serve
+
+    return make_on_serve(
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        scoreboard=scoreboard,
+        run_dir=settings.run_dir,
+        graceful_timeout_s=settings.graceful_timeout,
+        api_token=settings.api_token,
+        schedules_database=settings.database if settings.scheduler else None,
+    )
+
+
 def backend_from_settings(settings: Settings) -> BrokerBackend:
     """The backend the settings ask for: Redis when the ``broker`` setting is a Redis URL,
     else the embedded broker (also while the settings have no ``broker`` field)."""

@@ -13,10 +13,34 @@ from typing import Any
 
 from supervisor.broker import base
 from supervisor.broker.records import TaskRecord
-from supervisor.errors import TaskError, UnknownTaskType
+from supervisor.errors import StoreError, TaskError, UnknownTaskType
 from supervisor.registry import TaskOptions, check_priority
 
 MAX_ID_LEN = 200
+MAX_KEY_LEN = 1024  # a public store key
+
+
+def check_key(key: object) -> str:
+    """``key`` if it is a valid public store key, else StoreError."""
+    if not isinstance(key, str) or not key:
+        raise StoreError(f"store key must be a non-empty string, got {key!r}")
+    if len(key) > MAX_KEY_LEN:
+        raise StoreError(f"store key is {len(key)} characters long; at most {MAX_KEY_LEN}")
+    return key
+
+
+def check_ttl(ttl: object) -> float | None:
+    """``ttl`` as seconds (None: no expiry), else StoreError."""
+    if ttl is None:
+        return None
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not ttl > 0
+        or ttl == float("inf")
+    ):
+        raise StoreError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+    return float(ttl)
 
 
 def unique_key(value: Any) -> str | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.broker.embedded.store import MAX_KEY_LEN, MemoryStore
+from supervisor.broker.embedded.store import MemoryStore
+from supervisor.broker.validate import MAX_KEY_LEN
 from supervisor.errors import StoreError
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,8 +9,6 @@ and the HTTP server's threads all live in that process; the master keeps none.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from supervisor import osutil
-from supervisor.broker.backend import BrokerBackend, Connector
+from supervisor.broker.backend import BrokerBackend, Connector, http_hook
 from supervisor.broker.base import Broker
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.broker.embedded.server import start_broker_process
@@ -101,20 +99,7 @@ class EmbeddedBackend(BrokerBackend):
 
     def http_hook(self, scoreboard: Scoreboard) -> Callable[[MemoryBroker], None] | None:
         """The HTTP endpoints start in the broker process: the master never runs a thread."""
-        s = self.settings
-        if not s.metrics:
-            return None
-        from supervisor.web.server import make_on_serve
-
-        return make_on_serve(
-            host=s.metrics_host,
-            port=s.metrics_port,
-            scoreboard=scoreboard,
-            run_dir=s.run_dir,
-            graceful_timeout_s=s.graceful_timeout,
-            api_token=s.api_token,
-            schedules_database=s.database if s.scheduler else None,
-        )
+        return http_hook(self.settings, scoreboard)
 
     # -- watch -------------------------------------------------------------------------------
     @property
@@ -161,20 +146,6 @@ class EmbeddedBackend(BrokerBackend):
                         left,
                     )
             self._client.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # it commits what its journal still holds, then exits
-        deadline = self.clock() + STOP_WAIT_S
-        while self.clock() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            time.sleep(0.01)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        # On SIGTERM it commits what its journal still holds, then exits.
+        osutil.stop_child(pid, STOP_WAIT_S, self.clock)
         self._pid = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
 import threading
 import traceback
@@ -170,22 +169,7 @@ def start_broker_process(
         code = 0
         try:
             os.close(rfd)
-            os.setpgid(0, 0)  # terminal ^C is for the master to handle, not us
-            osutil.die_with_parent()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, _exit_on_term)
-            for sig in (
-                signal.SIGHUP,
-                signal.SIGUSR1,
-                signal.SIGUSR2,
-                signal.SIGTTIN,
-                signal.SIGTTOU,
-                signal.SIGQUIT,
-                signal.SIGCHLD,
-            ):
-                signal.signal(sig, signal.SIG_DFL if sig == signal.SIGCHLD else signal.SIG_IGN)
-            signal.set_wakeup_fd(-1)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master blocked them to fork
+            osutil.service_child(_exit_on_term)
             serve(make_broker(), address, authkey, ready_fd=wfd, on_serve=on_serve)
         except BaseException as exc:  # report why we could not listen, then go
             with contextlib.suppress(OSError):
@@ -200,10 +184,7 @@ def start_broker_process(
     finally:
         os.close(rfd)
     if not answer.startswith("ok "):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        osutil.kill_and_reap(pid)
         reason = answer[6:] if answer.startswith("error ") else "no answer in time"
         raise BrokerError(f"the broker could not listen at {address!r}: {reason}")
     bound = json.loads(answer[3:])

@@ -12,30 +12,8 @@ import time
 from collections.abc import Callable
 
 from supervisor.broker.base import PublicStore
+from supervisor.broker.validate import check_key, check_ttl
 from supervisor.errors import StoreError
-
-MAX_KEY_LEN = 1024
-
-
-def check_key(key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise StoreError(f"store key must be a non-empty string, got {key!r}")
-    if len(key) > MAX_KEY_LEN:
-        raise StoreError(f"store key is {len(key)} characters long; at most {MAX_KEY_LEN}")
-    return key
-
-
-def check_ttl(ttl: object) -> float | None:
-    if ttl is None:
-        return None
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not ttl > 0
-        or ttl == float("inf")
-    ):
-        raise StoreError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
-    return float(ttl)
 
 
 class MemoryStore(PublicStore):

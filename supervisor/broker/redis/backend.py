@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from supervisor import osutil
-from supervisor.broker.backend import BrokerBackend, Connector
+from supervisor.broker.backend import BrokerBackend, Connector, http_hook
 from supervisor.broker.base import Broker
 from supervisor.broker.redis.broker import RedisBroker
 from supervisor.broker.redis.core import default_node, safe_url
@@ -130,20 +129,8 @@ class RedisBackend(BrokerBackend):
         return broker
 
     def http_hook(self, scoreboard: Scoreboard) -> Callable[[Any], None] | None:
-        s = self.settings
-        if not s.metrics:
-            return None
-        from supervisor.web.server import make_on_serve
-
-        return make_on_serve(
-            host=s.metrics_host,
-            port=s.metrics_port,
-            scoreboard=scoreboard,
-            run_dir=s.run_dir,
-            graceful_timeout_s=s.graceful_timeout,
-            api_token=s.api_token,
-            schedules_database=s.database if s.scheduler else None,
-        )
+        """The HTTP endpoints start in the node process: the master never runs a thread."""
+        return http_hook(self.settings, scoreboard)
 
     def history_hook(self) -> Callable[[Any], Any] | None:
         """The task history writer of the node process (always: the task table is where
@@ -231,22 +218,7 @@ class RedisBackend(BrokerBackend):
     def stop(self) -> None:
         pid = self._pid
         if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = self.clock() + STOP_WAIT_S
-            while self.clock() < deadline:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    break
-                time.sleep(0.01)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+            osutil.stop_child(pid, STOP_WAIT_S, self.clock)
             self._pid = None
         if self._broker is not None:
             with contextlib.suppress(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -24,15 +23,6 @@ from loguru import logger
 from supervisor import osutil
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
-
-_HANDLED = (
-    signal.SIGHUP,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGQUIT,
-)
 
 
 def fork_node_process(
@@ -49,16 +39,8 @@ def fork_node_process(
         code = 0
         try:
             os.close(rfd)
-            os.setpgid(0, 0)  # a terminal's ^C is for the master
-            osutil.die_with_parent()
             stop = threading.Event()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            for sig in _HANDLED:
-                signal.signal(sig, signal.SIG_IGN)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the master blocked them to fork
+            osutil.service_child(lambda *_: stop.set())
             broker = make_broker()
             if on_serve is not None:
                 on_serve(broker)
@@ -80,10 +62,7 @@ def fork_node_process(
     finally:
         os.close(rfd)
     if answer != "ok":
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        osutil.kill_and_reap(pid)
         reason = answer[6:] if answer.startswith("error ") else "no answer in time"
         raise BrokerError(
             f"the node process (HTTP endpoints, task history) did not start: {reason}"
