@@ -1,6 +1,7 @@
-"""``ScheduleTicker``: the scheduler's step in the master loop.
+"""``ScheduleTicker``: one step of the scheduler process's loop.
 
-The master calls :meth:`ScheduleTicker.tick` with its clock's ``now`` whenever it wakes, and
+The scheduler process calls :meth:`ScheduleTicker.tick` with its clock's ``now`` whenever it
+wakes, and
 sleeps until the time it returns: the next due time, but never longer than ``max_sleep_s`` so
 that schedules added or edited by another process are seen within that delay. No polling of
 every schedule: one indexed ``MIN(next_run_at)`` per wake.

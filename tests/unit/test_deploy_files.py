@@ -103,8 +103,9 @@ def test_compose_brings_up_the_stack_with_provisioning_mounted() -> None:
     assert prov["providers"][0]["folder"]
 
 
-def test_no_redis_until_the_redis_broker_is_wired_into_supervisor_run() -> None:
-    """The deploy files describe what `supervisor run` does today: nothing uses a Redis yet."""
+def test_the_deploy_files_describe_one_machine_without_redis() -> None:
+    """The deploy files run one machine (the embedded broker): none of them runs or names a Redis
+    that nothing in them would use (cluster files come with the rest of the scale-out work)."""
     for name in ("docker-compose.yml", "Dockerfile"):
         assert "redis" not in (DEPLOY / name).read_text().lower(), name
     for path in (DEPLOY / "kubernetes").glob("*.yaml"):
