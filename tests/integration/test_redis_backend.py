@@ -119,3 +119,30 @@ def test_tick_renews_this_nodes_leases_and_recovers_a_dead_nodes(
     finally:
         alive.stop()
         dead_broker.close()
+
+
+def test_a_redis_that_may_lose_tasks_gets_a_loud_warning(tmp_path: Path) -> None:
+    """Eviction on, persistence off: the node warns at start (and runs: a warning, not a
+    refusal, so a developer's plain local Redis still works)."""
+    from loguru import logger
+
+    require_service(redis_server_path() is not None, "redis-server is not installed")
+    srv = RedisServer()
+    srv.start()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        import redis
+
+        admin = redis.Redis.from_url(srv.url)
+        admin.config_set("appendonly", "no")
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        admin.close()
+        backend = RedisBackend(settings(tmp_path, srv.url))
+        start(backend, tmp_path)
+        backend.stop()
+    finally:
+        logger.remove(sink)
+        srv.stop()
+    warned = " ".join(lines)
+    assert "may lose tasks" in warned and "noeviction" in warned and "appendonly" in warned
