@@ -331,3 +331,46 @@ def test_a_node_cut_off_from_redis_loses_its_task_to_another(
     finally:
         proxy.open.set()
         proxy.close()
+
+
+def test_two_schedulers_on_one_database_fire_each_due_time_once_with_one_killed(
+    cluster: Any, pg_url: str, tmp_path: Path
+) -> None:
+    import itertools
+
+    from supervisor.scheduling.client import Scheduler
+
+    a, b = cluster("a", workers=1), cluster("b", workers=1)
+    api = Scheduler.from_url(pg_url)
+    wait_until(api.store.registered_task_types, 20, what="the schedulers to prepare the database")
+    path = tmp_path / "fires.log"
+    api.add_scheduler_task(
+        name="steady",
+        task_type="stamp_due",
+        schedule_type="interval",
+        interval_seconds=1,
+        params={"path": str(path)},
+        misfire_policy="all",
+        misfire_grace_s=60,
+        overlap="queue",
+    )
+
+    def runs() -> set[tuple[float, str]]:
+        """(due time, task id) of each execution (a re-run after the kill is the same pair)."""
+        if not path.exists():
+            return set()
+        return {(float(d), t) for d, t, _ in (ln.split() for ln in path.read_text().splitlines())}
+
+    def dues() -> list[float]:
+        return [d for d, _ in runs()]
+
+    wait_until(lambda: len(dues()) >= 3, 20, what="three fires with both nodes up")
+    os.killpg(a.proc.pid, signal.SIGKILL)  # one node's whole tree, scheduler included
+    a.proc.wait(10)
+    seen = len(dues())
+    wait_until(lambda: len(dues()) >= seen + 3, 30, what="three more fires on node b alone")
+    api.close()
+    got = sorted(set(dues()))
+    assert len(got) == len(runs()), "a due time was fired as two tasks"
+    assert all(round(y - x, 6) == 1.0 for x, y in itertools.pairwise(got)), got  # none lost
+    assert b.proc.poll() is None
