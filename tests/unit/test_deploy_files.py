@@ -311,3 +311,36 @@ def test_promtool_accepts_the_prometheus_files(args: list[str]) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout + res.stderr
+
+
+def test_the_cluster_compose_runs_three_nodes_on_a_safe_redis_and_postgres() -> None:
+    doc = load_yaml(DEPLOY / "cluster" / "docker-compose.yml")
+    worker, redis = doc["services"]["worker"], doc["services"]["redis"]
+    assert worker["deploy"]["replicas"] == 3
+    env = worker["environment"]
+    assert env["SUPERVISOR_BROKER"].startswith("redis://redis:")
+    assert env["SUPERVISOR_DATABASE"].startswith("postgresql+psycopg://")
+    assert set(worker["depends_on"]) == {"redis", "postgres"}
+    assert "redis" in worker["build"]["args"]["EXTRAS"].split(",")
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
+    grace = float(worker["stop_grace_period"].rstrip("s"))
+    assert grace > float(env["SUPERVISOR_GRACEFUL_TIMEOUT"]) + 5
+
+
+def test_the_cluster_manifest_is_a_multi_replica_deployment_on_external_services() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "cluster" / "kubernetes.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"Secret", "Deployment"}  # Redis and PostgreSQL come from elsewhere
+    deployment = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SUPERVISOR_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert {"SUPERVISOR_BROKER", "SUPERVISOR_DATABASE"} <= set(kinds["Secret"]["stringData"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    graceful = float(env["SUPERVISOR_GRACEFUL_TIMEOUT"]["value"])
+    assert pod["terminationGracePeriodSeconds"] > graceful + 5
+    assert "volumes" not in pod  # nothing on disk: any pod may go
