@@ -3,6 +3,7 @@ set-up of a forked service child and its stop."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -121,3 +122,50 @@ def stop_child(pid: int, wait_s: float, clock: Callable[[], float] = time.monoto
             return
         time.sleep(0.01)
     kill_and_reap(pid)
+
+
+class ServiceStartError(Exception):
+    """A forked service process said it could not start, or said nothing in time."""
+
+
+def fork_service(
+    body: Callable[[Callable[[str], None]], None], *, timeout_s: float
+) -> tuple[int, str]:
+    """Fork a service process (the broker, a Redis node's process) and wait until it serves.
+
+    In the child, ``body(ready)`` runs and never returns normally before it stops serving; it
+    calls ``ready(text)`` once, when it serves. The parent returns ``(pid, text)``. An exception
+    in the child before ``ready`` is reported to the parent, which kills and reaps the child and
+    raises :class:`ServiceStartError` with the reason (or "no answer in time")."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        told = False
+
+        def ready(text: str) -> None:
+            nonlocal told
+            os.write(wfd, f"ok {text}\n".encode())
+            os.close(wfd)
+            told = True
+
+        try:
+            os.close(rfd)
+            body(ready)
+        except BaseException as exc:  # say why we could not start, then go
+            if not told:
+                with contextlib.suppress(OSError):
+                    os.write(wfd, f"error {type(exc).__name__}: {exc}\n".encode())
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(wfd)
+    try:
+        answer = read_line(rfd, timeout_s)
+    finally:
+        os.close(rfd)
+    if not answer.startswith("ok "):
+        kill_and_reap(pid)
+        raise ServiceStartError(answer[6:] if answer.startswith("error ") else "no answer in time")
+    return pid, answer[3:]

@@ -14,10 +14,8 @@ pass the HMAC challenge with the auth key, whatever the address family.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -127,7 +125,7 @@ def serve(
     broker: MemoryBroker,
     address: Any,
     authkey: bytes,
-    ready_fd: int | None = None,
+    ready: Callable[[str], None] | None = None,
     on_serve: Callable[[MemoryBroker], None] | None = None,
 ) -> None:
     """Bind ``address`` and serve ``broker`` forever (call in the broker process).
@@ -145,9 +143,8 @@ def serve(
     server.id_to_refcount[BROKER_IDENT] = 1
     if on_serve is not None:
         on_serve(broker)
-    if ready_fd is not None:  # tell the master where we listen (port 0 means "pick one")
-        os.write(ready_fd, b"ok " + json.dumps(server.address).encode() + b"\n")
-        os.close(ready_fd)
+    if ready is not None:  # tell the master where we listen (port 0 means "pick one")
+        ready(json.dumps(server.address))
     try:
         server.serve_forever()
     finally:
@@ -163,29 +160,14 @@ def start_broker_process(
     timeout_s: float = 10.0,
 ) -> tuple[int, Any]:
     """Fork the broker process; once it listens return (pid, address). Raises BrokerError."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the broker process
-        code = 0
-        try:
-            os.close(rfd)
-            osutil.service_child(_exit_on_term)
-            serve(make_broker(), address, authkey, ready_fd=wfd, on_serve=on_serve)
-        except BaseException as exc:  # report why we could not listen, then go
-            with contextlib.suppress(OSError):
-                os.write(wfd, f"error {type(exc).__name__}: {exc}\n".encode())
-            code = 1
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(wfd)
+
+    def broker_process(ready: Callable[[str], None]) -> None:
+        osutil.service_child(_exit_on_term)
+        serve(make_broker(), address, authkey, ready=ready, on_serve=on_serve)
+
     try:
-        answer = osutil.read_line(rfd, timeout_s)
-    finally:
-        os.close(rfd)
-    if not answer.startswith("ok "):
-        osutil.kill_and_reap(pid)
-        reason = answer[6:] if answer.startswith("error ") else "no answer in time"
-        raise BrokerError(f"the broker could not listen at {address!r}: {reason}")
-    bound = json.loads(answer[3:])
+        pid, answer = osutil.fork_service(broker_process, timeout_s=timeout_s)
+    except osutil.ServiceStartError as exc:
+        raise BrokerError(f"the broker could not listen at {address!r}: {exc}") from None
+    bound = json.loads(answer)
     return pid, tuple(bound) if isinstance(bound, list) else bound

@@ -12,8 +12,6 @@ master (``PR_SET_PDEATHSIG``) and stops on SIGTERM.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,40 +31,22 @@ def fork_node_process(
     timeout_s: float = 10.0,
 ) -> int:
     """Fork the node process; once its endpoints listen, return its pid. Raises BrokerError."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(rfd)
-            stop = threading.Event()
-            osutil.service_child(lambda *_: stop.set())
-            broker = make_broker()
-            if on_serve is not None:
-                on_serve(broker)
-            os.write(wfd, b"ok\n")
-            os.close(wfd)
-            wfd = -1
-            _serve(stop, None if make_history is None else make_history(broker))
-        except BaseException as exc:
-            if wfd >= 0:
-                with contextlib.suppress(OSError):
-                    os.write(wfd, f"error {type(exc).__name__}: {exc}\n".encode())
-            code = 1
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(wfd)
+
+    def node_process(ready: Callable[[str], None]) -> None:
+        stop = threading.Event()
+        osutil.service_child(lambda *_: stop.set())
+        broker = make_broker()
+        if on_serve is not None:
+            on_serve(broker)
+        ready("serving")
+        _serve(stop, None if make_history is None else make_history(broker))
+
     try:
-        answer = osutil.read_line(rfd, timeout_s)
-    finally:
-        os.close(rfd)
-    if answer != "ok":
-        osutil.kill_and_reap(pid)
-        reason = answer[6:] if answer.startswith("error ") else "no answer in time"
+        pid, _ = osutil.fork_service(node_process, timeout_s=timeout_s)
+    except osutil.ServiceStartError as exc:
         raise BrokerError(
-            f"the node process (HTTP endpoints, task history) did not start: {reason}"
-        )
+            f"the node process (HTTP endpoints, task history) did not start: {exc}"
+        ) from None
     return pid
 
 
