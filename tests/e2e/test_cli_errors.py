@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO
+from tests.helpers import sqlite_locked
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,20 +149,7 @@ def test_a_locked_task_table_is_an_error_not_an_empty_answer(start_master, tmp_p
     listed = cli("tasks", "list", "--json", *rd, cwd=tmp_path)
     assert listed.returncode == 0 and task_id in listed.stdout
     path = m.database.removeprefix("sqlite:///")
-    holder = subprocess.Popen(  # a backup or a migration in another process
-        [
-            sys.executable,
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
-            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
-            path,
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with sqlite_locked(path):  # a backup or a migration in another process
         # Pushes go on; the table cannot take them now, so no read can be up to date.
         later = m.queue.push_task({"type": "noop", "params": {}}, delay=3600)
         for action in (("list", "--json"), ("stats",)):  # each one waits out the busy timeout
@@ -170,11 +158,6 @@ def test_a_locked_task_table_is_an_error_not_an_empty_answer(start_master, tmp_p
             assert out.stdout == ""  # no table, no [] or {} that looks like an answer
             assert len(out.stderr.splitlines()) == 1 and "locked" in out.stderr
             assert out.stderr.startswith("supervisor: ")
-    finally:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
-        holder.stdout.close()
     listed = cli("tasks", "list", "--json", *rd, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert {r["task_id"] for r in json.loads(listed.stdout)} == {task_id, later}

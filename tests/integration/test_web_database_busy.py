@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,19 +21,12 @@ from supervisor.broker.embedded.journal import open_journal
 from supervisor.master import scoreboard as sb
 from supervisor.registry import TaskOptions
 from supervisor.web.server import MetricsServer, start_http_server
+from tests.helpers import sqlite_locked
 from tests.unit.test_api import check
 
 pytestmark = pytest.mark.timeout(60)
 W = "worker:0:1"
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-LOCKER = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.read()  # hold the lock until the test closes our stdin
-conn.execute("ROLLBACK")
-"""
 
 
 @pytest.fixture
@@ -73,14 +64,7 @@ def test_the_api_says_503_and_metrics_stay_right_while_the_table_is_locked(
 ) -> None:
     done = broker.push({"type": "t", "params": b"p"})
     broker.report(W, (broker.pop(W)["task_id"], base.SUCCEEDED, 1))
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(tmp_path / "tasks.db")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    with sqlite_locked(tmp_path / "tasks.db"):
         queued = [broker.push({"type": "t", "params": b"p"}) for _ in range(3)]
         for path, spec_path in (("/api/tasks", "/api/tasks"), ("/api/stats", "/api/stats")):
             code, headers, body = get(server, path)
@@ -94,12 +78,6 @@ def test_the_api_says_503_and_metrics_stay_right_while_the_table_is_locked(
         assert 'supervisor_tasks_pushed_total{type="t"} 4.0' in text
         assert 'supervisor_queue_depth{priority="5"} 3.0' in text
         assert 'supervisor_tasks_finished_total{status="succeeded",type="t"} 1.0' in text
-    finally:
-        assert locker.stdin is not None
-        locker.stdin.close()
-        locker.wait(10)
-        assert locker.stdout is not None
-        locker.stdout.close()
     code, _, body = get(server, "/api/stats")
     assert code == 200 and json.loads(body)["by_status"] == {"succeeded": 1, "queued": 3}
     code, _, body = get(server, "/api/tasks")
