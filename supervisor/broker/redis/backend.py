@@ -117,9 +117,12 @@ class RedisBackend(BrokerBackend):
         for problem in broker.check_server():
             self.log.warning("Redis at {} may lose tasks: {}", self.where, problem)
         self._broker = broker
-        run_files.publish(self.url)  # local clients (`supervisor status`) find it there, 0600
+        # Local clients (`supervisor status`) find the broker in the run folder (0600 files).
+        # The address file is what they look for: it comes last, once the prefix and the node
+        # name are there, or a client would settle on the default prefix.
         _write_private(run_files.run_dir / KEY_PREFIX_FILE, self.prefix + "\n")
         _write_private(run_files.run_dir / NODE_FILE, self.node + "\n")
+        run_files.publish(self.url)
         with fork_guard():
             self._pid = fork_node_process(
                 make_broker=self.make_broker,
