@@ -220,6 +220,21 @@ FIELDS: tuple[Field, ...] = (
         "another node recovers the task once it expires (s)",
         minimum=1.0,
     ),
+    Field(
+        "queues",
+        tuple,
+        (),
+        "named queues this node's workers take tasks from, comma-separated or repeated, "
+        "priority global across them (default: every queue)",
+    ),
+    Field(
+        "ingest",
+        tuple,
+        (),
+        "a RabbitMQ queue whose messages become tasks of this node's broker, "
+        "amqp://user:pass@host:port/[vhost/]QUEUE (repeatable)",
+        secret=True,
+    ),
 )
 
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
@@ -268,6 +283,8 @@ class Settings:
     node_name: str | None
     key_prefix: str
     lease: float
+    queues: tuple[str, ...]
+    ingest: tuple[str, ...]
     config_file: str | None = None
     # Where each value came from ("flag --workers", "env SUPERVISOR_WORKERS", "config file x",
     # "default"): what an error found after loading (a pre-flight check) names.

@@ -35,6 +35,8 @@ _EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true 
 
 def convert(f: Field, raw: Any, source: str) -> Any:
     """``raw`` converted to ``f``'s type and checked against its choices and range."""
+    if f.kind is tuple:
+        return _items(f, raw, source)
     if raw is None or (isinstance(raw, str) and f.nullable and raw.strip().lower() in ("", "none")):
         if f.nullable:
             return None
@@ -86,6 +88,32 @@ def _typed(f: Field, raw: Any) -> Any:
         value = float(raw)
         return value if math.isfinite(value) else _bad()
     return raw if isinstance(raw, str) else _bad()
+
+
+def _items(f: Field, raw: Any, source: str) -> tuple[str, ...]:
+    """A list setting: text is comma-separated; a list (TOML, or a repeated flag) holds texts,
+    each comma-separated too. Blank items are dropped, duplicates kept once, in order."""
+    parts = raw if isinstance(raw, list | tuple) else [raw]
+    out: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            shown = "***" if f.secret else repr(part)
+            raise ConfigError(
+                f"{f.name}: expected text or a list of texts, got {shown} (from {source})"
+            )
+        for piece in part.split(","):
+            item = piece.strip()
+            if item and item not in out:
+                out.append(item)
+    if f.name == "queues":
+        from supervisor.registry import queue_name
+
+        for item in out:
+            try:
+                queue_name(item)
+            except ValueError as exc:
+                raise ConfigError(f"queues: {exc} (from {source})") from None
+    return tuple(out)
 
 
 def _bad() -> Any:

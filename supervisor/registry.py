@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -22,6 +23,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 10, 5
 
 
+DEFAULT_QUEUE = "default"
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+def queue_name(value: Any) -> str:
+    """A named queue: 1-100 letters, digits or ``_.:-`` (it is part of a Redis key)."""
+    if not isinstance(value, str) or not QUEUE_NAME.fullmatch(value):
+        raise ValueError(f"a queue name must be 1-100 letters, digits or '_.:-', got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TaskOptions:
     """Per-type policy. ``None`` means "use the settings' default" until resolved."""
@@ -32,7 +44,7 @@ class TaskOptions:
     backoff_base_s: float | None = None
     backoff_cap_s: float | None = None
     priority: int = PRIORITY_DEFAULT
-    queue: str = "default"
+    queue: str = DEFAULT_QUEUE
 
     def validate(self, name: str) -> None:
         for fld in ("timeout_s", "soft_timeout_s", "backoff_base_s", "backoff_cap_s"):
@@ -52,10 +64,10 @@ class TaskOptions:
                 f"task type {name!r}: max_retries must be an integer >= 0, got {self.max_retries!r}"
             )
         check_priority(self.priority, what=f"task type {name!r}: priority")
-        if not isinstance(self.queue, str) or not self.queue:
-            raise TaskError(
-                f"task type {name!r}: queue must be a non-empty string, got {self.queue!r}"
-            )
+        try:
+            queue_name(self.queue)
+        except ValueError as exc:
+            raise TaskError(f"task type {name!r}: {exc}") from None
 
     def resolved(
         self,

@@ -16,7 +16,7 @@ def settings_table() -> str:
             default = {"workers": "CPU count", "run_dir": "`$TMPDIR/supervisor-$UID`"}.get(
                 f.name, "computed"
             )
-        elif f.default is None:
+        elif f.default is None or f.default == ():
             default = "-"
         else:
             default = f"`{f.default}`"

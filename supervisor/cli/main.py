@@ -36,6 +36,16 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
                 help=f.help,
             )
             continue
+        if f.kind is tuple:  # repeatable; each value may hold a comma-separated list too
+            g.add_argument(
+                f.flag,
+                dest=f.name,
+                default=None,
+                action="append",
+                metavar=f.name.upper(),
+                help=f.help,
+            )
+            continue
         # Parsed as text: the config layer converts it and names the field in its error.
         g.add_argument(
             f.flag,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,38 @@ def test_each_value_remembers_where_it_came_from(tmp_path: Path) -> None:
 def test_backoff_cap_error_names_its_source() -> None:
     with pytest.raises(ConfigError, match=r"got 1 \(from env SUPERVISOR_BACKOFF_CAP\)"):
         load_settings(env={"SUPERVISOR_BACKOFF_BASE": "5", "SUPERVISOR_BACKOFF_CAP": "1"})
+
+
+def test_list_settings_from_flags_env_and_file(tmp_path: Path) -> None:
+    assert load_settings(cli={"queues": ["high, default", "gpu,high"]}, env={}).queues == (
+        "high",
+        "default",
+        "gpu",
+    )
+    assert load_settings(env={"SUPERVISOR_QUEUES": "a,b"}).queues == ("a", "b")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[supervisor]\nqueues = ["x", "y"]\ningest = ["amqp://g:p@h/jobs"]\n')
+    s = load_settings(env={}, config_file=str(cfg))
+    assert s.queues == ("x", "y")
+    assert s.ingest == ("amqp://g:p@h/jobs",)
+    assert s.public_dict()["ingest"] == "***"  # a URL may hold a password
+    assert Settings.defaults().queues == ()  # every queue
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("a b", "queues: a queue name must be 1-100 letters, digits or '_.:-', got 'a b'"),
+        ([3], "queues: expected text or a list of texts, got 3"),
+        ("{p}", "got '{p}'"),
+    ],
+)
+def test_bad_queue_names_are_refused_naming_them(raw: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(cli={"queues": raw}, env={})
+
+
+def test_a_bad_ingest_value_does_not_show_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(cli={"ingest": [{"url": "amqp://u:secret@h/q"}]}, env={})
+    assert "secret" not in str(err.value)
