@@ -223,6 +223,16 @@ class StatusBoard(abc.ABC):
         """The scheduler's last document and its age in seconds (None: never published)."""
 
     @abc.abstractmethod
+    def publish_component_status(self, name: str, doc: dict[str, Any]) -> None:
+        """The status document of a component of some node (e.g. an ingest child), under a
+        ``name`` unique across the cluster (so it holds the node's name); replaces the previous
+        one and the board notes when it came. Raises TaskError for a bad name or doc."""
+
+    @abc.abstractmethod
+    def component_statuses(self) -> dict[str, dict[str, Any]]:
+        """Every component's last document by name, each with ``report_age_s`` added."""
+
+    @abc.abstractmethod
     def ping(self) -> str:
         """``"pong"``: the broker answers."""
 

@@ -43,6 +43,15 @@ def check_ttl(ttl: object) -> float | None:
     return float(ttl)
 
 
+def check_component(name: Any, doc: Any) -> None:
+    """TaskError unless ``name`` is a non-empty string of at most 200 characters and ``doc``
+    a dict (shared by every board)."""
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise TaskError(f"a component name must be a string of 1-200 characters, got {name!r}")
+    if not isinstance(doc, dict):
+        raise TaskError(f"component status must be a dict, got {type(doc).__name__}")
+
+
 def unique_key(value: Any) -> str | None:
     """The message's ``unique_key``: None, or a non-empty string of at most MAX_ID_LEN."""
     if value is None:

@@ -197,6 +197,12 @@ class BrokerClient(Broker):
         doc, age = self._call("scheduler_status")
         return doc, age
 
+    def publish_component_status(self, name: str, doc: dict[str, Any]) -> None:
+        self._call("publish_component_status", name, doc)
+
+    def component_statuses(self) -> dict[str, dict[str, Any]]:
+        return dict(self._call("component_statuses"))
+
     def ping(self) -> str:
         return str(self._call("ping"))
 

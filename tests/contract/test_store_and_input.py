@@ -104,3 +104,27 @@ def test_a_live_task_id_cannot_be_pushed_twice(broker: Broker) -> None:
         broker.push_many([msg(task_id="other"), msg(task_id="same")])
     assert broker.get_task("other") is None  # all or none
     assert broker.pop(W1)["task_id"] == "same" and broker.pop("worker:2:1") is None
+
+
+def test_component_statuses_are_kept_by_name_with_their_age(
+    broker: Broker, clock: FakeClock
+) -> None:
+    assert broker.component_statuses() == {}
+    broker.publish_component_status("ingest:n1:jobs", {"kind": "ingest", "node": "n1", "n": 1})
+    clock.advance(2.0)
+    broker.publish_component_status("ingest:n2:jobs", {"kind": "ingest", "node": "n2", "n": 5})
+    broker.publish_component_status("ingest:n1:jobs", {"kind": "ingest", "node": "n1", "n": 2})
+    clock.advance(1.0)
+    docs = broker.component_statuses()
+    assert set(docs) == {"ingest:n1:jobs", "ingest:n2:jobs"}
+    assert docs["ingest:n1:jobs"]["n"] == 2  # replaced whole
+    assert docs["ingest:n1:jobs"]["report_age_s"] == pytest.approx(1.0, abs=0.01)
+    assert docs["ingest:n2:jobs"]["report_age_s"] == pytest.approx(1.0, abs=0.01)
+    assert "ingest:n1:jobs" not in broker.get_status().get("nodes", {})
+
+
+@pytest.mark.parametrize(("name", "doc"), [("", {}), (3, {}), ("x" * 201, {}), ("c", [1])])
+def test_a_bad_component_status_is_refused(broker: Broker, name: Any, doc: Any) -> None:
+    with pytest.raises(TaskError):
+        broker.publish_component_status(name, doc)
+    assert broker.component_statuses() == {}

@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from supervisor.broker.validate import check_component
 from supervisor.errors import TaskError
+
+MAX_COMPONENTS = 1000  # a board is not a database: a runaway publisher is refused
 
 
 class Board:
@@ -22,6 +25,7 @@ class Board:
         self._master: dict[str, Any] = {}
         self._scheduler: dict[str, Any] = {}
         self._scheduler_at: float | None = None  # board clock of the last scheduler publish
+        self._components: dict[str, tuple[dict[str, Any], float]] = {}
 
     def publish_status(self, status: dict[str, Any]) -> None:
         """The master's view of its workers (replaces the previous one, whole)."""
@@ -44,6 +48,19 @@ class Board:
         with self._lock:
             at = self._scheduler_at
             return dict(self._scheduler), (None if at is None else self._clock() - at)
+
+    def publish_component_status(self, name: str, doc: dict[str, Any]) -> None:
+        check_component(name, doc)
+        with self._lock:
+            if name not in self._components and len(self._components) >= MAX_COMPONENTS:
+                raise TaskError(f"the board holds {MAX_COMPONENTS} components already")
+            self._components[name] = (dict(doc), self._clock())
+
+    def component_statuses(self) -> dict[str, dict[str, Any]]:
+        now = self._clock()
+        with self._lock:
+            items = list(self._components.items())
+        return {name: {**doc, "report_age_s": now - at} for name, (doc, at) in items}
 
     def status(self, stats: dict[str, Any]) -> dict[str, Any]:
         """Everything ``supervisor status`` shows, around the broker's ``stats``."""

@@ -232,6 +232,12 @@ class MemoryBroker(Broker):
     def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
         return self.board.scheduler_status()
 
+    def publish_component_status(self, name: str, doc: dict[str, Any]) -> None:
+        self.board.publish_component_status(name, doc)
+
+    def component_statuses(self) -> dict[str, dict[str, Any]]:
+        return self.board.component_statuses()
+
     def ping(self) -> str:
         return "pong"
 

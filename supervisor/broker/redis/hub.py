@@ -8,10 +8,12 @@ from typing import Any
 
 from supervisor.broker.redis import codec
 from supervisor.broker.redis.core import Core
+from supervisor.broker.validate import check_component
 from supervisor.errors import TaskError
 from supervisor.registry import TaskOptions
 
 SCHEDULER_FIELD = "\x00scheduler"  # a field no node name can be (nodes are host:pid)
+COMPONENT_FIELD = "\x00component:"  # + the component's name
 
 
 class HubMixin(Core):
@@ -38,7 +40,7 @@ class HubMixin(Core):
         return {
             codec.text(k): dict(json.loads(v))
             for k, v in docs.items()
-            if codec.text(k) != SCHEDULER_FIELD
+            if not codec.text(k).startswith("\x00")
         }
 
     def forget_node(self, node: str | None = None) -> None:
@@ -46,9 +48,14 @@ class HubMixin(Core):
         dispatching flag and metric observations. For a master's clean exit; a node that died
         leaves a few small entries (the observations expire within a day)."""
         name = node or self._node
+        mine = [
+            COMPONENT_FIELD + c
+            for c, doc in self.component_statuses().items()
+            if doc.get("node") == name
+        ]
         with self._guard():
             pipe = self._client.pipeline(transaction=True)
-            pipe.hdel(self._keys.status, name)
+            pipe.hdel(self._keys.status, name, *mine)
             pipe.hdel(self._keys.dispatch, name)
             pipe.delete(self._keys.obs(name))
             pipe.execute()
@@ -84,6 +91,32 @@ class HubMixin(Core):
         data = json.loads(blob)
         at = codec.time_or_none(data.get("at"))
         return dict(data.get("doc") or {}), (None if at is None else self._clock() - at)
+
+    def publish_component_status(self, name: str, doc: dict[str, Any]) -> None:
+        """A component's document (see the contract); kept in the status hash."""
+        check_component(name, doc)
+        blob = json.dumps({"doc": doc, "at": codec.time_str(self._clock())}, default=str)
+        with self._guard():
+            self._client.hset(self._keys.status, COMPONENT_FIELD + name, blob)
+
+    def component_statuses(self) -> dict[str, dict[str, Any]]:
+        """Every node's components, by name, each with its ``report_age_s``."""
+        with self._guard():
+            docs = self._client.hgetall(self._keys.status)
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
+        for k, v in docs.items():
+            field = codec.text(k)
+            if not field.startswith(COMPONENT_FIELD):
+                continue
+            data = json.loads(v)
+            at = codec.time_or_none(data.get("at"))
+            doc = dict(data.get("doc") or {})
+            out[field[len(COMPONENT_FIELD) :]] = {
+                **doc,
+                "report_age_s": None if at is None else now - at,
+            }
+        return out
 
     def known_task_types(self) -> list[str]:
         """The task type names this instance accepts (empty when any type is accepted)."""
