@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from loguru import logger
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -152,10 +154,15 @@ def fork_service(
         try:
             os.close(rfd)
             body(ready)
-        except BaseException as exc:  # say why we could not start, then go
+        except BaseException as exc:  # say why we could not start (or why we stopped), then go
             if not told:
                 with contextlib.suppress(OSError):
                     os.write(wfd, f"error {type(exc).__name__}: {exc}\n".encode())
+            elif not isinstance(exc, SystemExit | KeyboardInterrupt):
+                with contextlib.suppress(Exception):  # the parent sees only an exit code
+                    logger.opt(exception=exc).critical(
+                        "service process {} failed: {}", os.getpid(), exc
+                    )
             code = 1
         finally:
             sys.stderr.flush()

@@ -52,6 +52,9 @@ REASON_CANCELLED = "cancelled"  # a user cancelled it: finished as cancelled, ne
 REASON_SHUTDOWN = "shutdown"  # killed by the shutdown: requeued, the attempt not counted
 
 
+Queues = tuple[str, ...] | list[str] | None  # named queues a consumer takes from (None: all)
+
+
 class TaskQueue(abc.ABC):
     """The queue and the task lifecycle: push, hand out (counting the attempt), report."""
 
@@ -70,7 +73,9 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     def push(self, message: dict[str, Any]) -> str:
         """Accept one task (``type``, ``params`` bytes, optional ``task_id``, ``priority``,
-        ``eta`` or ``delay``, ``unique_key``, ``schedule_id``, ``scheduled_at``); return its id.
+        ``eta`` or ``delay``, ``unique_key``, ``schedule_id``, ``scheduled_at``, ``queue``);
+        return its id. Without a ``queue`` the task goes to its type's registered queue
+        (``default`` for a type the broker does not know).
 
         Safe when it returns (journaled, or in Redis). A ``unique_key`` held by a live task
         returns that task's id instead. Raises TaskError (UnknownTaskType, DuplicateTaskId) for
@@ -81,9 +86,13 @@ class TaskQueue(abc.ABC):
         """Accept several tasks at once, all or none; return their ids in order."""
 
     @abc.abstractmethod
-    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
-        """Hand the highest-priority ready task to ``consumer``, waiting up to ``wait_s``
-        (None: until one comes).
+    def pop(
+        self, consumer: str, wait_s: float | None = 0.0, queues: Queues = None
+    ) -> dict[str, Any] | None:
+        """Hand the highest-priority ready task of the named ``queues`` (None: every queue; a
+        Redis handle built with ``queues=`` uses those) to ``consumer``, waiting up to
+        ``wait_s`` (None: until one comes). Priority is global across the queues, ties go
+        first pushed first.
 
         The attempt is counted here. Returns None on timeout or while dispatching is off.
         Raises TaskError if ``consumer`` still holds a task it has not reported."""
@@ -97,7 +106,7 @@ class TaskQueue(abc.ABC):
 
     @abc.abstractmethod
     def exchange(
-        self, consumer: str, report: Report | None, wait_s: float | None
+        self, consumer: str, report: Report | None, wait_s: float | None, queues: Queues = None
     ) -> dict[str, Any] | None:
         """``report`` (if any) then ``pop`` in one round trip: the worker's hot path."""
 

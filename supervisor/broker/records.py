@@ -28,6 +28,7 @@ class TaskRecord:
     scheduled_at: float | None = None
     unique_key: str | None = None
     cancel_requested_at: float | None = None
+    queue: str | None = None  # the named queue; None until the broker routes it by type
 
     def message(self) -> dict[str, Any]:
         """What a consumer receives (see :mod:`supervisor.broker.base`)."""
@@ -40,6 +41,7 @@ class TaskRecord:
             "pushed_at": self.pushed_at,
             "scheduled_at": self.scheduled_at,
             "schedule_id": self.schedule_id,
+            "queue": self.queue,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,4 +66,5 @@ class TaskRecord:
             "scheduled_at": self.scheduled_at,
             "unique_key": self.unique_key,
             "cancel_requested_at": self.cancel_requested_at,
+            "queue": self.queue,
         }

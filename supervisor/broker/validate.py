@@ -14,7 +14,7 @@ from typing import Any
 from supervisor.broker import base
 from supervisor.broker.records import TaskRecord
 from supervisor.errors import StoreError, TaskError, UnknownTaskType
-from supervisor.registry import TaskOptions, check_priority
+from supervisor.registry import TaskOptions, check_priority, queue_name
 
 MAX_ID_LEN = 200
 MAX_KEY_LEN = 1024  # a public store key
@@ -50,6 +50,20 @@ def check_component(name: Any, doc: Any) -> None:
         raise TaskError(f"a component name must be a string of 1-200 characters, got {name!r}")
     if not isinstance(doc, dict):
         raise TaskError(f"component status must be a dict, got {type(doc).__name__}")
+
+
+def check_queues(queues: Any) -> tuple[str, ...] | None:
+    """A consumer's named queues, as a tuple (None: every queue); TaskError if malformed."""
+    if queues is None:
+        return None
+    if isinstance(queues, str) or not isinstance(queues, list | tuple) or not queues:
+        raise TaskError(f"queues must be a non-empty list of queue names or None, got {queues!r}")
+    for q in queues:
+        try:
+            queue_name(q)
+        except ValueError as exc:
+            raise TaskError(str(exc)) from None
+    return tuple(queues)
 
 
 def unique_key(value: Any) -> str | None:
@@ -131,4 +145,15 @@ def validate(
         schedule_id=msg.get("schedule_id"),
         scheduled_at=msg.get("scheduled_at"),
         unique_key=unique_key(msg.get("unique_key")),
+        queue=message_queue(msg.get("queue")),
     )
+
+
+def message_queue(value: Any) -> str | None:
+    """The message's ``queue``: None (routed by its type) or a queue name."""
+    if value is None:
+        return None
+    try:
+        return queue_name(value)
+    except ValueError as exc:
+        raise TaskError(f"task {exc}") from None

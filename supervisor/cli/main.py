@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--priority", type=str, default=None, help="0-10, higher runs first")
     push.add_argument("--delay", type=str, default=None, help="seconds to wait before it runs")
     push.add_argument("--task-id", default=None, help="an id of your own (default: a UUID)")
+    push.add_argument(
+        "--queue", default=None, help="a named queue (default: the one its type is registered in)"
+    )
     _client_flags(push)
 
     status = sub.add_parser("status", help="show the master, its workers and the queue")
@@ -247,6 +250,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     task: dict[str, Any] = {"type": args.type, "params": params}
     if args.task_id is not None:
         task["task_id"] = args.task_id
+    if args.queue is not None:
+        task["queue"] = args.queue
     task_id = _connect(args).push_task(task, priority=priority, delay=delay)
     print(task_id)
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 from multiprocess import AuthenticationError
 
-from supervisor.broker.base import Broker, Report
+from supervisor.broker.base import Broker, Queues, Report
 from supervisor.broker.embedded.server import BROKER_IDENT
 from supervisor.broker.embedded.wire import FastClient
 from supervisor.client.discovery import format_address, locate
@@ -106,16 +106,22 @@ class BrokerClient(Broker):
     def push_many(self, messages: list[dict[str, Any]]) -> list[str]:
         return list(self._call("push_many", messages))
 
-    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
-        return self._call("pop", consumer, wait_s)
+    def pop(
+        self, consumer: str, wait_s: float | None = 0.0, queues: Queues = None
+    ) -> dict[str, Any] | None:
+        if queues is None:  # the call an older broker process understands too
+            return self._call("pop", consumer, wait_s)
+        return self._call("pop", consumer, wait_s, list(queues))
 
     def report(self, consumer: str, report: Report) -> None:
         self._call("report", consumer, report)
 
     def exchange(
-        self, consumer: str, report: Report | None, wait_s: float | None
+        self, consumer: str, report: Report | None, wait_s: float | None, queues: Queues = None
     ) -> dict[str, Any] | None:
-        return self._call("exchange", consumer, report, wait_s)
+        if queues is None:
+            return self._call("exchange", consumer, report, wait_s)
+        return self._call("exchange", consumer, report, wait_s, list(queues))
 
     def release_consumer(
         self, consumer: str, reason: str, *, error: str = "", exit_status: int | None = None

@@ -20,9 +20,9 @@ from supervisor import payload
 from supervisor.broker.base import MAX_DELAY_S, Broker
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.errors import PayloadError, TaskError
-from supervisor.registry import check_priority
+from supervisor.registry import check_priority, queue_name
 
-_TASK_KEYS = {"task_id", "type", "params", "priority", "delay", "eta", "unique_key"}
+_TASK_KEYS = {"task_id", "type", "params", "priority", "delay", "eta", "unique_key", "queue"}
 
 
 def build_message(
@@ -85,6 +85,11 @@ def build_message(
         msg["task_id"] = task["task_id"]
     if task.get("unique_key") is not None:
         msg["unique_key"] = task["unique_key"]
+    if task.get("queue") is not None:  # else the broker routes it by its type
+        try:
+            msg["queue"] = queue_name(task["queue"])
+        except ValueError as exc:
+            raise TaskError(f"task {exc}") from None
     return msg
 
 

@@ -72,6 +72,7 @@ def build_worker(
         heartbeat_timeout_s=s.heartbeat_timeout,
         log_successes=s.log_successes,
         close_fds=close_fds,
+        queues=s.queues or None,
     )
 
 

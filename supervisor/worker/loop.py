@@ -72,8 +72,10 @@ class Worker:
         heartbeat_timeout_s: float = 30.0,
         log_successes: bool = False,
         close_fds: tuple[int, ...] = (),
+        queues: tuple[str, ...] | None = None,
     ) -> None:
         self.slot = slot
+        self.queues = queues  # the named queues it takes tasks from (None: every queue)
         self.registry = registry
         self.options = options
         self.scoreboard = scoreboard
@@ -180,7 +182,7 @@ class Worker:
                 break
             self.scoreboard.heartbeat(self.slot, time.monotonic())
             try:
-                msg = self.client.exchange(self.consumer, report, self.poll_s)
+                msg = self.client.exchange(self.consumer, report, self.poll_s, self.queues)
             except BrokerError as exc:
                 # The broker is unreachable (Redis down or cut off; the embedded broker gone,
                 # and then the master stops us). The report is kept and sent again once it

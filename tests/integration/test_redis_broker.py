@@ -626,6 +626,7 @@ def test_results_records_list_and_purge(make: Callable[..., RedisBroker], clock:
         "pushed_at": clock.now - 2,
         "scheduled_at": clock.now - 3,
         "schedule_id": "sch",
+        "queue": "default",
     }
     ok(b, W1, m, result={"rows": [], "n": 1.5})
     b.report(W1, ("f", "failed", {"error": "no"}) if b.pop(W1) else ("", "", None))
@@ -635,7 +636,7 @@ def test_results_records_list_and_purge(make: Callable[..., RedisBroker], clock:
     assert set(rec) == {
         "task_id", "type", "params", "priority", "status", "attempts", "pushed_at", "eta",
         "started_at", "finished_at", "consumer", "result", "errors", "error", "traceback",
-        "schedule_id", "scheduled_at", "unique_key", "cancel_requested_at",
+        "schedule_id", "scheduled_at", "unique_key", "cancel_requested_at", "queue",
     }  # fmt: skip
     assert [r["task_id"] for r in b.list_tasks()] == ["q", "f", "s"]
     assert [r["task_id"] for r in b.list_tasks(status=base.DEAD)] == ["f"]
@@ -1073,3 +1074,39 @@ def test_a_producer_with_only_the_url_pushes_and_reads(server: RedisServer) -> N
     assert task["task_id"] == tid
     other.task_done(tid, {"ok": True})
     assert q.get_task_state(tid)["status"] == "succeeded"
+
+
+# -- named queues --------------------------------------------------------------------------------
+def test_a_producer_with_only_the_url_routes_by_the_types_a_node_published(
+    make: Callable[..., RedisBroker],
+) -> None:
+    node = make(node="a")
+    node.configure({"render": TaskOptions(timeout_s=10.0, queue="gpu")})
+    producer = make(node="client")  # no task types: what `supervisor push --broker` has
+    producer.push(msg("render", task_id="r"))
+    producer.push(msg("unknown", task_id="u"))
+    assert producer.get_task("r")["queue"] == "gpu"  # type: ignore[index]
+    assert producer.get_task("u")["queue"] == "default"  # type: ignore[index]
+    gpu = make(node="a", queues=["gpu"])
+    assert gpu.queue_size() == 1 and producer.queue_size() == 2
+    m = gpu.pop(W1)
+    assert m is not None and m["task_id"] == "r"
+    assert gpu.pop(W2) is None  # the handle's queues hold for every call
+
+
+def test_a_waiting_consumer_of_one_queue_wakes_for_it_at_once(
+    make: Callable[..., RedisBroker],
+) -> None:
+    b = make(node="a")
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(b.pop(W1, 20.0, ["fast"])))
+    waiter.start()
+    try:
+        started = time.monotonic()
+        make(node="b").push(msg(task_id="x", queue="fast"))
+        waiter.join(10.0)
+        assert got and got[0]["task_id"] == "x"
+        assert time.monotonic() - started < 0.9  # woken by its queue's list, not by the 1 s cap
+    finally:
+        b.set_dispatching(False)
+        waiter.join(10.0)

@@ -187,3 +187,24 @@ def test_purge_keeps_the_status_counts_true(url, clock):
     push(b, task_id=t)  # the same id again, before anything rebuilds the counts
     assert b.stats()["by_status"].get("dead", 0) == 0
     b.close()
+
+
+def test_a_task_keeps_its_named_queue_across_a_restart(url, clock):
+    b = open_broker(url, clock)
+    t = push(b, queue="gpu")
+    b.close()
+    b2 = open_broker(url, clock)
+    assert b2.pop(W, 0.0, ["default"]) is None
+    m = b2.pop(W, 0.0, ["gpu"])
+    assert m["task_id"] == t and m["queue"] == "gpu"
+    b2.close()
+
+
+def test_a_snapshot_written_before_named_queues_is_read_as_the_default_queue():
+    from supervisor.broker.embedded.tasktable import COLUMNS, record_from_row, snapshot
+    from supervisor.broker.records import TaskRecord
+
+    rec = TaskRecord(task_id="a", type="t", params=b"", priority=5, status="queued", pushed_at=1)
+    old = snapshot(rec)[:-1]  # the journal frames of the previous release had no queue field
+    assert len(old) == len(COLUMNS) - 1
+    assert record_from_row(old).queue == "default"

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from supervisor.broker import base
-from supervisor.broker.embedded import control
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.errors import TaskError
 from supervisor.registry import PRIORITY_MAX, TaskOptions
@@ -28,8 +27,9 @@ def walked(b: MemoryBroker) -> dict[str, Any]:
     now = b._clock()
     by_priority: dict[int, int] = {}
     oldest: dict[int, float] = {}
-    for prio, lane in enumerate(b.core.ready):
-        live = [b.core.active[t] for t, s in lane if control.is_live(b.core, t, s)]
+    for prio in range(11):
+        lanes = [lanes[prio] for lanes in b.core.ready.values()]
+        live = [b.core.active[t] for lane in lanes for t, s in lane if b.core.live(t, s)]
         if live:
             by_priority[prio] = len(live)
             oldest[prio] = now - min(r.ready_at or now for r in live)
@@ -116,7 +116,7 @@ def test_stale_lane_heads_are_dropped_by_stats(clock) -> None:
     b.push(msg(task_id="b"))
     b.pop("worker:1")  # "a" (front) again; the lane holds "b" only
     assert b.stats()["oldest_age_s"] == {5: 0.0}
-    assert len(b.core.ready[5]) == 1
+    assert len(b.core.ready["default"][5]) == 1
 
 
 def test_stats_cost_does_not_grow_with_the_number_of_records(clock) -> None:

@@ -115,7 +115,7 @@ def test_resolved_fills_only_unset_options() -> None:
         ({"max_retries": True}, r"max_retries must be an integer >= 0, got True"),
         ({"priority": 11}, r"'t': priority must be from 0 to 10, got 11"),
         ({"priority": "high"}, r"priority must be an integer from 0 to 10, got 'high'"),
-        ({"queue": ""}, r"'t': queue must be a non-empty string, got ''"),
+        ({"queue": ""}, r"'t': a queue name must be 1-100 letters, digits or '_.:-', got ''"),
         (
             {"timeoutt": 3, "max_retries": 1},
             r"unknown option\(s\) \['timeoutt'\]; known: timeout_s",

@@ -132,29 +132,25 @@ def queue_size(core: TaskCore) -> int:
     return sum(core.counts.ready)
 
 
-def is_live(core: TaskCore, task_id: str, seq: int) -> bool:
-    rec = core.active.get(task_id)
-    return rec is not None and rec.seq == seq and rec.status == base.QUEUED
-
-
 def oldest_ready_at(core: TaskCore, prio: int) -> float | None:
-    """When the longest-waiting ready task of a lane became ready (None: lane empty).
+    """When the longest-waiting ready task of priority ``prio`` became ready (None: none).
 
     Lanes are FIFO by ready time except entries put back at the front (shutdown requeues),
-    which sit before every other entry: look at those and the first ordinary live entry.
-    Stale entries at the head are dropped on the way (``take`` would skip them anyway)."""
-    lane = core.ready[prio]
-    while lane and not is_live(core, *lane[0]):
-        core.front_seqs.discard(lane.popleft()[1])
+    which sit before every other entry: look at those and the first ordinary live entry of
+    each queue's lane. Stale entries at the head are dropped on the way (``take`` would skip
+    them anyway)."""
     oldest: float | None = None
-    for task_id, seq in lane:
-        rec = core.active.get(task_id)
-        if rec is None or rec.seq != seq or rec.status != base.QUEUED:
-            continue
-        ready_at = rec.ready_at if rec.ready_at is not None else core.clock()
-        oldest = ready_at if oldest is None else min(oldest, ready_at)
-        if seq not in core.front_seqs:
-            break
+    for lanes in core.ready.values():
+        lane = lanes[prio]
+        core.head(lane)
+        for task_id, seq in lane:
+            if not core.live(task_id, seq):
+                continue
+            rec = core.active[task_id]
+            ready_at = rec.ready_at if rec.ready_at is not None else core.clock()
+            oldest = ready_at if oldest is None else min(oldest, ready_at)
+            if seq not in core.front_seqs:
+                break
     return oldest
 
 
@@ -174,6 +170,7 @@ def stats(core: TaskCore) -> dict[str, Any]:
     return {
         "queued": sum(by_priority.values()),
         "by_priority": by_priority,
+        "by_queue": {q: n for q, n in core.counts.ready_by_queue.items() if n},
         "oldest_age_s": oldest,
         "scheduled": counts.get(base.SCHEDULED, 0),
         "retrying": counts.get(base.RETRYING, 0),

@@ -1,8 +1,9 @@
 """The task core of the embedded broker: ready lanes, the delayed heap, records, the retry policy.
 
-Ready tasks sit in one FIFO deque per priority (0-10), so dequeue order is global and stable:
-higher priority first, FIFO within a priority, whatever the number of consumers, with no
-prefetch. Delayed tasks (an ``eta``, or a retry backoff) wait in a heap here, never in a worker.
+Ready tasks sit in one FIFO deque per named queue and priority (0-10), so dequeue order is
+global and stable: higher priority first, FIFO within a priority (by push sequence across the
+queues a consumer takes from), whatever the number of consumers, with no prefetch. Delayed
+tasks (an ``eta``, or a retry backoff) wait in a heap here, never in a worker.
 
 Not thread-safe by itself: every method is called with the broker's lock held (see
 :class:`~supervisor.broker.embedded.memory.MemoryBroker`). It reports each state change to its
@@ -17,7 +18,7 @@ import heapq
 import random
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from loguru import logger
@@ -30,12 +31,15 @@ from supervisor.broker.records import TaskRecord
 from supervisor.broker.validate import validate
 from supervisor.errors import DuplicateTaskId, TaskError
 from supervisor.policy import compute_backoff
-from supervisor.registry import PRIORITY_MAX, TaskOptions
+from supervisor.registry import DEFAULT_QUEUE, PRIORITY_MAX, TaskOptions
 
 WORKER_PREFIX = "worker:"  # consumers the master supervises (it enforces their deadlines)
 LEASE_GRACE_S = 30.0  # how long past its timeout an external consumer may hold a task
 DAY_S = 86_400.0
 _log = logger.bind(component="broker")
+
+
+Lane = deque[tuple[str, int]]  # (task id, seq) in FIFO order
 
 
 def _nothing(*args: Any) -> None:
@@ -59,7 +63,7 @@ class TaskCore:
         self.clock = clock
         self.rng = rng or random.Random()
         self.changes: ChangeSink = changes or NullSink()
-        self.ready: list[deque[tuple[str, int]]] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        self.ready: dict[str, list[Lane]] = {}  # queue -> one lane per priority
         self.delayed: list[tuple[float, int, str]] = []
         self.active: dict[str, TaskRecord] = {}
         self.finished: OrderedDict[str, TaskRecord] = OrderedDict()
@@ -95,6 +99,29 @@ class TaskCore:
             value = getattr(self.default, name)
         return fallback if value is None else value
 
+    def lanes(self, queue: str | None) -> list[Lane]:
+        """The lanes of ``queue`` by priority (made on first use)."""
+        name = queue or DEFAULT_QUEUE
+        lanes = self.ready.get(name)
+        if lanes is None:
+            lanes = self.ready[name] = [deque() for _ in range(PRIORITY_MAX + 1)]
+        return lanes
+
+    def live(self, task_id: str, seq: int) -> bool:
+        rec = self.active.get(task_id)
+        return rec is not None and rec.seq == seq and rec.status == base.QUEUED
+
+    def head(self, lane: Lane) -> tuple[str, int] | None:
+        """The first live entry of ``lane``; stale ones before it are dropped."""
+        while lane:
+            entry = lane[0]
+            if self.live(*entry):
+                return entry
+            lane.popleft()
+            if self.front_seqs:
+                self.front_seqs.discard(entry[1])
+        return None
+
     # -- status changes ----------------------------------------------------------------------
     def move(self, rec: TaskRecord, status: str) -> None:
         self.counts.uncount(rec)
@@ -125,7 +152,7 @@ class TaskCore:
             return
         rec.status = base.QUEUED
         rec.ready_at = now
-        lane = self.ready[rec.priority]
+        lane = self.lanes(rec.queue)[rec.priority]
         if front:
             lane.appendleft((rec.task_id, rec.seq))
             self.front_seqs.add(rec.seq)
@@ -154,6 +181,8 @@ class TaskCore:
             raise DuplicateTaskId(
                 f"task id {rec.task_id!r} is already {self.active[rec.task_id].status}"
             )
+        if rec.queue is None:
+            rec.queue = options.queue
         return rec
 
     def push(self, message: dict[str, Any]) -> str:
@@ -193,41 +222,66 @@ class TaskCore:
             rec.eta = None
             self.move(rec, base.QUEUED)
             rec.ready_at = now
-            self.ready[rec.priority].append((task_id, seq))
+            self.lanes(rec.queue)[rec.priority].append((task_id, seq))
             n += 1
         if n:
             self.on_ready()
         return n
 
-    def take(self, consumer: str, now: float) -> dict[str, Any] | None:
-        """Hand the best ready task to ``consumer``, counting the attempt; None if none."""
+    def groups(self, queues: Iterable[str] | None) -> list[list[Lane]]:
+        """The lanes of ``queues`` (None: every queue)."""
+        if queues is None:
+            return list(self.ready.values())
+        return [self.ready[q] for q in queues if q in self.ready]
+
+    def best_lane(self, groups: list[list[Lane]]) -> Lane | None:
+        """The lane whose first live entry goes next across ``groups``: the highest priority,
+        then entries put back at the front, then the lowest push sequence."""
+        for prio in range(PRIORITY_MAX, -1, -1):
+            best: Lane | None = None
+            best_key = (True, 0)
+            for lanes in groups:
+                lane = lanes[prio]
+                entry = self.head(lane) if lane else None
+                if entry is None:
+                    continue
+                key = (entry[1] not in self.front_seqs, entry[1])
+                if best is None or key < best_key:
+                    best, best_key = lane, key
+            if best is not None:
+                return best
+        return None
+
+    def take(
+        self, consumer: str, now: float, queues: Iterable[str] | None = None
+    ) -> dict[str, Any] | None:
+        """Hand the best ready task of ``queues`` (None: any) to ``consumer``, counting the
+        attempt; None if none."""
         if consumer in self.held:
             raise TaskError(
                 f"consumer {consumer!r} still holds task {self.held[consumer]!r}: report it first"
             )
         self.promote(now)
-        for lane in reversed(self.ready):
-            while lane:
-                task_id, seq = lane.popleft()
-                if self.front_seqs:
-                    self.front_seqs.discard(seq)
-                rec = self.active.get(task_id)
-                if rec is None or rec.seq != seq or rec.status != base.QUEUED:
-                    continue  # cancelled or re-queued since: a stale entry
-                self.move(rec, base.RUNNING)
-                rec.attempts += 1
-                rec.started_at = now
-                rec.consumer = consumer
-                timeout = self.option(rec.type, "timeout_s", 300.0)
-                rec.lease_until = (
-                    None if consumer.startswith(WORKER_PREFIX) else now + timeout + LEASE_GRACE_S
-                )
-                self.held[consumer] = task_id
-                self.counters[("started", rec.type, "")] += 1
-                self.events.append(("started", rec.type, "", now - (rec.ready_at or now)))
-                self.changes.changed(rec)
-                return rec.message()
-        return None
+        lane = self.best_lane(self.groups(queues))
+        if lane is None:
+            return None
+        task_id, seq = lane.popleft()
+        if self.front_seqs:
+            self.front_seqs.discard(seq)
+        rec = self.active[task_id]
+        self.move(rec, base.RUNNING)
+        rec.attempts += 1
+        rec.started_at = now
+        rec.consumer = consumer
+        timeout = self.option(rec.type, "timeout_s", 300.0)
+        rec.lease_until = (
+            None if consumer.startswith(WORKER_PREFIX) else now + timeout + LEASE_GRACE_S
+        )
+        self.held[consumer] = task_id
+        self.counters[("started", rec.type, "")] += 1
+        self.events.append(("started", rec.type, "", now - (rec.ready_at or now)))
+        self.changes.changed(rec)
+        return rec.message()
 
     def next_eta(self) -> float | None:
         return self.delayed[0][0] if self.delayed else None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from supervisor.broker import base
 from supervisor.broker.records import TaskRecord
-from supervisor.registry import PRIORITY_MAX
+from supervisor.registry import DEFAULT_QUEUE, PRIORITY_MAX
 
 
 class StatusCounts:
@@ -22,12 +22,14 @@ class StatusCounts:
         self.counted: dict[str, str] = {}
         self.by_status: Counter[str] = Counter()
         self.ready = [0] * (PRIORITY_MAX + 1)
+        self.ready_by_queue: Counter[str] = Counter()
 
     def count(self, rec: TaskRecord) -> None:
         self.counted[rec.task_id] = rec.status
         self.by_status[rec.status] += 1
         if rec.status == base.QUEUED:
             self.ready[rec.priority] += 1
+            self.ready_by_queue[rec.queue or DEFAULT_QUEUE] += 1
 
     def uncount(self, rec: TaskRecord) -> None:
         status = self.counted.pop(rec.task_id, None)
@@ -36,6 +38,7 @@ class StatusCounts:
         self.by_status[status] -= 1
         if status == base.QUEUED:
             self.ready[rec.priority] -= 1
+            self.ready_by_queue[rec.queue or DEFAULT_QUEUE] -= 1
 
     def check(self, tracked: int, records: Callable[[], Iterable[TaskRecord]]) -> None:
         """Rebuild from ``records()`` if records were added or removed behind ``count`` (an
@@ -45,6 +48,7 @@ class StatusCounts:
         self.counted = {}
         self.by_status = Counter()
         self.ready = [0] * (PRIORITY_MAX + 1)
+        self.ready_by_queue = Counter()
         for rec in records():
             self.count(rec)
 

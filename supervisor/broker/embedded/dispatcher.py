@@ -38,6 +38,7 @@ from loguru import logger
 from supervisor.broker import base
 from supervisor.broker.embedded.changes import ChangeSink
 from supervisor.broker.embedded.core import TaskCore
+from supervisor.broker.validate import check_queues
 
 Sink = Callable[[Any], None]  # sends one answer on a parked consumer's connection
 Handoff = tuple[str, Sink, Any]  # (consumer, sink, the answer)
@@ -52,6 +53,7 @@ _log = logger.bind(component="broker")
 class Parked:
     sink: Sink
     deadline: float  # time.monotonic() at which it is answered None
+    queues: tuple[str, ...] | None = None  # the named queues it takes from (None: all)
 
 
 class LocalSink:
@@ -120,16 +122,25 @@ class Dispatcher:
                 result, error = None, failed
         return result, error, handoffs
 
-    def _exchange(self, consumer: str, report: Any, wait_s: float | None, *, sink: Sink) -> Any:
+    def _exchange(
+        self,
+        consumer: str,
+        report: Any,
+        wait_s: float | None,
+        queues: Any = None,
+        *,
+        sink: Sink,
+    ) -> Any:
         if report is not None:
             self.core.report(consumer, report)
         if not self.core.dispatching:
             return None
-        msg = self.core.take(consumer, self.core.clock())
+        wanted = check_queues(queues)
+        msg = self.core.take(consumer, self.core.clock(), wanted)
         if msg is not None or (wait_s is not None and wait_s <= 0):
             return msg
         deadline = time.monotonic() + (MAX_SLEEP_S if wait_s is None else min(wait_s, MAX_SLEEP_S))
-        self.parked[consumer] = Parked(sink, deadline)
+        self.parked[consumer] = Parked(sink, deadline, wanted)
         self._wake_by(deadline)
         return PARKED
 
@@ -205,11 +216,12 @@ class Dispatcher:
         if not self.core.dispatching:
             return out
         now = self.core.clock()
-        while self.parked:
-            consumer, parked = next(iter(self.parked.items()))
-            msg = self.core.take(consumer, now)
+        for consumer, parked in list(self.parked.items()):
+            msg = self.core.take(consumer, now, parked.queues)
             if msg is None:
-                break
+                if parked.queues is None:
+                    break  # nothing ready in any queue: no one else can get one either
+                continue
             del self.parked[consumer]
             out.append((consumer, parked.sink, msg))
         return out

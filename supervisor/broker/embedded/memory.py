@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.broker.base import Broker, Report
+from supervisor.broker.base import Broker, Queues, Report
 from supervisor.broker.embedded import control
 from supervisor.broker.embedded.board import Board
 from supervisor.broker.embedded.changes import ChangeSink
@@ -103,7 +103,7 @@ class MemoryBroker(Broker):
             sink.event.wait()  # answered, or a hand-over is on its way
             if sink.answer is not None or wait_s is not None or not self.core.dispatching:
                 return sink.answer
-            args = (consumer, None, None)  # an unbounded wait outlived the longest park
+            args = (consumer, None, None, *args[3:])  # an unbounded wait outlived the park
 
     def push(self, message: dict[str, Any]) -> str:
         return str(self._hot("push", message))
@@ -115,13 +115,15 @@ class MemoryBroker(Broker):
         self._hot("report", consumer, report)
 
     def exchange(
-        self, consumer: str, report: Report | None, wait_s: float | None
+        self, consumer: str, report: Report | None, wait_s: float | None, queues: Queues = None
     ) -> dict[str, Any] | None:
-        msg: dict[str, Any] | None = self._hot("exchange", consumer, report, wait_s)
+        msg: dict[str, Any] | None = self._hot("exchange", consumer, report, wait_s, queues)
         return msg
 
-    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
-        return self.exchange(consumer, None, wait_s)
+    def pop(
+        self, consumer: str, wait_s: float | None = 0.0, queues: Queues = None
+    ) -> dict[str, Any] | None:
+        return self.exchange(consumer, None, wait_s, queues)
 
     def release_consumer(
         self, consumer: str, reason: str, *, error: str = "", exit_status: int | None = None

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from supervisor.broker.records import TaskRecord
 from supervisor.db import add_missing_columns
 from supervisor.errors import SupervisorError
+from supervisor.registry import DEFAULT_QUEUE
 
 metadata = sa.MetaData()
 
@@ -45,6 +46,7 @@ task_record = sa.Table(
     sa.Column("scheduled_at", sa.Float),
     sa.Column("unique_key", sa.String(200)),
     sa.Column("cancel_requested_at", sa.Float),
+    sa.Column("queue", sa.String(100)),
     # One secondary index only: each one costs every journal commit (a push waits for it).
     # It serves recovery (active statuses), listing by status and purging by age.
     sa.Index("ix_task_record_status_pushed", "status", "pushed_at"),
@@ -56,9 +58,9 @@ task_schema = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("applied_at", sa.Float, nullable=False),
 )
-# 1: first release. 2: unique_key, cancel_requested_at. Columns added later must be nullable,
-# so that an older database is upgraded in place with ALTER TABLE ADD COLUMN.
-SCHEMA_VERSION = 2
+# 1: first release. 2: unique_key, cancel_requested_at. 3: queue. Columns added later must be
+# nullable, so that an older database is upgraded in place with ALTER TABLE ADD COLUMN.
+SCHEMA_VERSION = 3
 
 ACTIVE = ("scheduled", "queued", "running", "retrying")
 FOLD_CHUNK = 64  # rows per executemany call in a fold (about 0.5 ms of GIL at a time)
@@ -86,6 +88,7 @@ def snapshot(rec: TaskRecord) -> tuple[Any, ...]:
         rec.scheduled_at,
         rec.unique_key,
         rec.cancel_requested_at,
+        rec.queue,
     )
 
 
@@ -93,6 +96,8 @@ def record_from_row(row: Any) -> TaskRecord:
     """Rebuild a record from a SQL row, a mapping or a snapshot tuple; raises ValueError,
     TypeError or KeyError on a corrupt row."""
     if isinstance(row, tuple) and not hasattr(row, "_mapping"):
+        if len(row) == len(COLUMNS) - 1:  # written before the queue column (schema 2)
+            row = (*row, None)
         if len(row) != len(COLUMNS):
             raise ValueError(f"a snapshot has {len(row)} fields, expected {len(COLUMNS)}")
         m = dict(zip(COLUMNS, row, strict=True))
@@ -122,6 +127,7 @@ def record_from_row(row: Any) -> TaskRecord:
         scheduled_at=m["scheduled_at"],
         unique_key=m["unique_key"],
         cancel_requested_at=m["cancel_requested_at"],
+        queue=m.get("queue") or DEFAULT_QUEUE,
     )
     if not 0 <= rec.priority <= 10 or rec.attempts < 0:
         raise ValueError(f"priority {rec.priority} or attempts {rec.attempts} out of range")
@@ -159,8 +165,15 @@ class TaskTable:
         self.log = logger.bind(component="journal")
 
     def migrate(self) -> int:
-        """Create or upgrade the tables; refuse a database written by a newer release."""
-        with self.engine.begin() as conn:
+        """Create or upgrade the tables; refuse a database written by a newer release.
+
+        On SQLite the transaction takes the write lock first (BEGIN IMMEDIATE): a deferred one
+        that read the schema and then found another process (the scheduler, another node's
+        history writer) had written since would fail at once, busy timeout or not."""
+        with (
+            self.engine.connect().execution_options(sqlite_immediate=True) as conn,
+            conn.begin(),
+        ):
             if conn.dialect.name == "postgresql":  # serialize concurrent migrations
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7305915)"))
             metadata.create_all(conn)

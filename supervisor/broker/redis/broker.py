@@ -3,9 +3,11 @@ shared by every node of a cluster (see ARCHITECTURE "Scale-out").
 
 Every state change is one Lua script call (``lua/``), so it is atomic and costs one round
 trip: a push (or a whole ``push_many``), a report together with taking the next task, a cancel.
-Ready tasks sit in one sorted set scored by ``(10 - priority) * 2**40 + seq``: strict priority,
-FIFO within a priority, global across nodes. Delayed tasks wait in a sorted set by eta, in
-Redis, and come due inside the scripts. Records, params and results are hashes by task id.
+Ready tasks sit in one sorted set per named queue scored by ``(10 - priority) * 2**40 + seq``:
+strict priority, FIFO within a priority, global across nodes and across the queues a consumer
+takes from (the take script compares the heads of those sets). Delayed tasks wait in a sorted
+set by eta, in Redis, and come due inside the scripts. Records, params and results are hashes
+by task id.
 
 A handed-out task holds a lease (a deadline on Redis TIME) and an owner token
 ``<node>/<consumer>|<attempt>``. The node's master extends the leases of its workers with
@@ -23,14 +25,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from loguru import logger
 
 from supervisor.broker import base
-from supervisor.broker.base import Broker, Report
+from supervisor.broker.base import Broker, Queues, Report
 from supervisor.broker.redis import codec
 from supervisor.broker.redis.control import ControlMixin
 from supervisor.broker.redis.core import LeaseLost
@@ -38,6 +40,7 @@ from supervisor.broker.redis.hub import HubMixin
 from supervisor.broker.redis.leases import LeaseMixin
 from supervisor.broker.redis.store import StoreMixin
 from supervisor.broker.redis.validate import validate
+from supervisor.broker.validate import check_queues
 from supervisor.errors import DuplicateTaskId, TaskError
 from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN, TaskOptions
 
@@ -71,7 +74,9 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         lease_s: float = 30.0,
         result_ttl_s: float = 7 * 86400,
         failure_ttl_s: float = 30 * 86400,
+        queues: Sequence[str] | None = None,
     ) -> None:
+        self._queues = check_queues(list(queues) if queues is not None else None)
         super().__init__(
             url=url,
             client=client,
@@ -97,8 +102,13 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         max_payload_bytes: int | None = None,
         finished_records: int | None = None,
     ) -> None:
-        """Set the known task types (None: accept any type) and limits, for this instance."""
+        """Set the known task types (None: accept any type) and limits, for this instance, and
+        publish each type's queue to Redis, so a producer with only the URL routes its tasks."""
         self._types = dict(task_types) if task_types is not None else None
+        if self._types:
+            routes: dict[Any, Any] = {name: opts.queue for name, opts in self._types.items()}
+            with self._guard():
+                self._client.hset(self._keys.routes, mapping=routes)
         if default_options is not None:
             self._default = default_options
         if max_payload_bytes is not None:
@@ -170,8 +180,20 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         item = self._fail_item(self._qc(consumer), rec, reason, detail, now)
         return ["failed", task_id, item[2], "", *item[3:]]
 
+    def _queues_for(self, queues: Queues) -> tuple[str, ...] | None:
+        return self._queues if queues is None else check_queues(queues)
+
+    def _wake_keys(self, queues: tuple[str, ...] | None) -> list[str]:
+        if queues is None:
+            return [self._keys.wake]
+        return [self._keys.wake_of(q) for q in queues]
+
     def _exchange_once(
-        self, consumer: str, report: Report | None, want: bool
+        self,
+        consumer: str,
+        report: Report | None,
+        want: bool,
+        queues: tuple[str, ...] | None = None,
     ) -> tuple[bool, dict[str, Any] | None, float | None]:
         """One script call: (report refused?, the message taken, the next delayed eta in
         seconds). The eta is :data:`OFF` while this node's dispatching is off."""
@@ -181,6 +203,7 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         args = [qc, consumer, "1" if want else "0", lease_ms]
         args += self._report_args(consumer, report, now)
         args.append(lease_by_type)
+        args.append("" if queues is None else codec.SEP.join(queues))
         res = self._run("exchange", args, now)
         lost = bool(int(res[0]))
         if lost and report is not None:
@@ -202,10 +225,13 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         nxt = codec.text(res[2]) if len(res) > 2 else ""
         return lost, None, (float(nxt) / 1000.0 if nxt else None)
 
-    def _wait_and_take(self, consumer: str, wait_s: float | None) -> dict[str, Any] | None:
+    def _wait_and_take(
+        self, consumer: str, wait_s: float | None, queues: tuple[str, ...] | None
+    ) -> dict[str, Any] | None:
         deadline = None if wait_s is None else time.monotonic() + max(0.0, wait_s)
+        wake = self._wake_keys(queues)
         while True:
-            _, msg, next_eta = self._exchange_once(consumer, None, True)
+            _, msg, next_eta = self._exchange_once(consumer, None, True, queues)
             if msg is not None:
                 return msg
             if next_eta == OFF:
@@ -217,14 +243,17 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
             if next_eta is not None:
                 block = min(block, max(0.0, next_eta - self._clock()))
             with self._guard():
-                self._client.blpop([self._keys.wake], timeout=max(MIN_BLOCK_S, block))
+                self._client.blpop(wake, timeout=max(MIN_BLOCK_S, block))
 
-    def pop(self, consumer: str, wait_s: float | None = 0.0) -> dict[str, Any] | None:
-        """Hand the highest-priority ready task to ``consumer`` (attempt counted, lease set),
-        waiting up to ``wait_s`` (None: until one comes) on the wake list, never polling
-        faster than the pushes. None on timeout or while this node's dispatching is off;
-        TaskError when ``consumer`` still holds a task it has not reported."""
-        return self._wait_and_take(consumer, wait_s)
+    def pop(
+        self, consumer: str, wait_s: float | None = 0.0, queues: Queues = None
+    ) -> dict[str, Any] | None:
+        """Hand the highest-priority ready task of ``queues`` (None: this handle's, else every
+        queue) to ``consumer`` (attempt counted, lease set), waiting up to ``wait_s`` (None:
+        until one comes) on the queues' wake lists, never polling faster than the pushes. None
+        on timeout or while this node's dispatching is off; TaskError when ``consumer`` still
+        holds a task it has not reported."""
+        return self._wait_and_take(consumer, wait_s, self._queues_for(queues))
 
     def report_strict(self, consumer: str, report: Report) -> None:
         """:meth:`report`, but raises :class:`LeaseLost` when it was refused."""
@@ -241,25 +270,28 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         self._exchange_once(consumer, report, False)
 
     def exchange(
-        self, consumer: str, report: Report | None, wait_s: float | None
+        self, consumer: str, report: Report | None, wait_s: float | None, queues: Queues = None
     ) -> dict[str, Any] | None:
         """``report`` then take the next task in one script call (a failure report reads the
         record first); waits like :meth:`pop` when nothing is ready. A refused report (lease
         lost) changes nothing, and the next task is still handed out."""
-        _, msg, next_eta = self._exchange_once(consumer, report, True)
+        wanted = self._queues_for(queues)
+        _, msg, next_eta = self._exchange_once(consumer, report, True, wanted)
         if msg is not None or next_eta == OFF or (wait_s is not None and wait_s <= 0):
             return msg
-        return self._wait_and_take(consumer, wait_s)
+        return self._wait_and_take(consumer, wait_s, wanted)
 
     def set_dispatching(self, on: bool) -> None:
         """Stop (or resume) handing out tasks on this node; waiting pops return None soon
         (they are woken at once)."""
         with self._guard():
+            queues = [] if on else [codec.text(q) for q in self._client.smembers(self._keys.queues)]
             pipe = self._client.pipeline(transaction=True)
             pipe.hset(self._keys.dispatch, self._node, "1" if on else "0")
             if not on:
-                pipe.lpush(self._keys.wake, *["1"] * 16)
-                pipe.ltrim(self._keys.wake, 0, 63)
+                for key in [self._keys.wake, *(self._keys.wake_of(q) for q in queues)]:
+                    pipe.lpush(key, *["1"] * 16)
+                    pipe.ltrim(key, 0, 63)
             pipe.execute()
 
     def dispatching(self) -> bool:
@@ -285,10 +317,17 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
 
     # -- queries -----------------------------------------------------------------------------
     def queue_size(self) -> int:
-        """Tasks ready to run now (due delayed tasks are promoted first)."""
+        """Tasks ready to run now in this handle's queues (None: every queue); due delayed
+        tasks are promoted first."""
         self._run("maintain", [1000, "0"])
         with self._guard():
-            return int(self._client.zcard(self._keys.ready))
+            queues = self._queues
+            if queues is None:
+                queues = tuple(codec.text(q) for q in self._client.smembers(self._keys.queues))
+            pipe = self._client.pipeline(transaction=False)
+            for q in queues:
+                pipe.zcard(self._keys.ready(q))
+            return sum(int(n) for n in pipe.execute())
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
         """The task's record (the shape of ``TaskRecord.as_dict``), or None when unknown."""
@@ -306,7 +345,7 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         """Counts by status and priority, oldest ready age, store size and counters, from
         counters kept by the scripts (O(priorities + counters), whatever the records)."""
         now = self._clock()
-        prios, running, flag, keys, nstatus, counts = self._run("stats", [], now)
+        prios, running, flag, keys, nstatus, counts, by_queue = self._run("stats", [], now)
         by_priority: dict[int, int] = {}
         oldest: dict[int, float] = {}
         for prio in range(PRIORITY_MIN, PRIORITY_MAX + 1):
@@ -325,6 +364,9 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         return {
             "queued": sum(by_priority.values()),
             "by_priority": by_priority,
+            "by_queue": {
+                codec.text(by_queue[i]): int(by_queue[i + 1]) for i in range(0, len(by_queue), 2)
+            },
             "oldest_age_s": oldest,
             "scheduled": by_status.get(base.SCHEDULED, 0),
             "retrying": by_status.get(base.RETRYING, 0),

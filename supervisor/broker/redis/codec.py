@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any
 
+from supervisor.registry import DEFAULT_QUEUE
+
 TIME_FIELDS = (
     "pushed_at",
     "eta",
@@ -50,6 +52,7 @@ def new_record(
     schedule_id: Any,
     scheduled_at: Any,
     unique_key: str | None,
+    queue: str | None = None,
 ) -> str:
     """The JSON of a record about to be pushed (status set by the script)."""
     sched_at = scheduled_at if isinstance(scheduled_at, int | float) else None
@@ -74,6 +77,7 @@ def new_record(
             "scheduled_at": None if sched_at is None else time_str(sched_at),
             "unique_key": unique_key,
             "cancel_requested_at": None,
+            "queue": queue,  # None: the push script routes it by type
         }
     )
 
@@ -87,7 +91,7 @@ def decode_raw(blob: bytes | str) -> dict[str, Any]:
     rec["errors"] = [
         {**e, "at": time_or_none(e.get("at"))} for e in (errors if isinstance(errors, list) else ())
     ]
-    for name in ("schedule_id", "unique_key", "consumer", "node"):
+    for name in ("schedule_id", "unique_key", "consumer", "node", "queue"):
         if isinstance(rec.get(name), dict | list):
             rec[name] = None
     return rec
@@ -117,6 +121,7 @@ def as_dict(rec: dict[str, Any], params: bytes | None, result: Any) -> dict[str,
         "scheduled_at": rec["scheduled_at"],
         "unique_key": rec.get("unique_key"),
         "cancel_requested_at": rec["cancel_requested_at"],
+        "queue": rec.get("queue") or DEFAULT_QUEUE,
     }
 
 
@@ -131,6 +136,7 @@ def message(rec: dict[str, Any], params: bytes) -> dict[str, Any]:
         "pushed_at": rec["pushed_at"],
         "scheduled_at": rec["scheduled_at"],
         "schedule_id": rec.get("schedule_id"),
+        "queue": rec.get("queue") or DEFAULT_QUEUE,
     }
 
 

@@ -28,6 +28,7 @@ from supervisor.broker.embedded.tasktable import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.redis import codec
 from supervisor.broker.redis.keys import Keys
+from supervisor.registry import DEFAULT_QUEUE
 
 GROUP = "history"
 _log = logger.bind(component="history")
@@ -67,6 +68,7 @@ def record_from_redis(raw: bytes, params: bytes | None, result: bytes | None) ->
         scheduled_at=rec["scheduled_at"],
         unique_key=rec.get("unique_key"),
         cancel_requested_at=rec["cancel_requested_at"],
+        queue=rec.get("queue") or DEFAULT_QUEUE,
     )
 
 

@@ -1,22 +1,24 @@
 """Key names of one Redis broker: everything under ``{<prefix>}:`` (one Cluster hash slot).
 
-Fixed names only, no key per task (the public store's values aside): a script touches exactly
-the keys listed here, all passed in KEYS. The ready set is per named queue
-(``{p}:ready:<queue>``); only ``default`` is used for now.
+Fixed names only, no key per task (the public store's values aside). The task scripts get the
+keys listed here in KEYS; the two kinds of key per named queue, its ready set
+``{p}:ready:<queue>`` and its wake list ``{p}:wake:<queue>``, are named inside the scripts from
+the same ``{p}`` hash tag (so they sit in the same Cluster slot) and the queue's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_QUEUE = "default"
+from supervisor.registry import DEFAULT_QUEUE
 
 # The order of the task scripts' KEYS (lua/common.lua reads them by position).
 TASK_KEY_NAMES = (
     "task",  # HASH id -> record JSON
     "params",  # HASH id -> pickled params (bytes)
     "result",  # HASH id -> result JSON
-    "ready",  # ZSET id -> (10 - priority) * 2**40 + seq
+    "queues",  # SET of named queues that ever had a task ({p}:ready:<q> ZSET id -> score:
+    # (10 - priority) * 2**40 + seq; {p}:wake:<q> LIST of wake-up tokens)
     "delayed",  # ZSET id -> eta ms (scheduled and retrying tasks)
     "uniq",  # HASH unique key -> id of the live task holding it
     "counts",  # HASH "event\x1ftype\x1fstatus" -> cumulative count
@@ -27,20 +29,20 @@ TASK_KEY_NAMES = (
     "owner",  # HASH id -> "<node>/<consumer>|<attempt>" (the fencing token)
     "held",  # HASH "<node>/<consumer>" -> id
     "seq",  # STRING counter
-    "wake",  # LIST of wake-up tokens for idle consumers (bounded)
+    "wake",  # LIST of wake-up tokens for idle consumers of every queue (bounded)
     "events",  # STREAM: the history outbox
     "cancel",  # HASH id -> cancel requested at (running tasks only)
     "dispatch",  # HASH node -> "1" / "0"
     "kvidx",  # ZSET store key -> expiry ms (+inf: none), for a cheap store size
+    "routes",  # HASH task type -> its registered queue (written by every node's configure)
 )
 
 
 @dataclass(frozen=True)
 class Keys:
-    """The key names for ``prefix`` (and, later, a named queue)."""
+    """The key names for ``prefix``."""
 
     prefix: str = "sv"
-    queue: str = DEFAULT_QUEUE
 
     def __post_init__(self) -> None:
         if not self.prefix or any(c in self.prefix for c in "{}"):
@@ -53,9 +55,15 @@ class Keys:
 
     def name(self, name: str) -> str:
         """The key of ``name`` (one of :data:`TASK_KEY_NAMES`)."""
-        if name == "ready":
-            return f"{self.tag}:ready:{self.queue}"
         return f"{self.tag}:{name}"
+
+    def ready(self, queue: str = DEFAULT_QUEUE) -> str:
+        """The ready set of a named queue."""
+        return f"{self.tag}:ready:{queue}"
+
+    def wake_of(self, queue: str) -> str:
+        """The wake list of a named queue's idle consumers."""
+        return f"{self.tag}:wake:{queue}"
 
     def task_keys(self, node: str) -> list[str]:
         """KEYS of every task script, in the order of :data:`TASK_KEY_NAMES`, then ``node``'s

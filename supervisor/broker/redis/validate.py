@@ -27,5 +27,7 @@ def validate(broker: Core, msg: Any, now: float) -> list[Any]:
         schedule_id=rec.schedule_id,
         scheduled_at=rec.scheduled_at,
         unique_key=rec.unique_key,
+        queue=rec.queue
+        or (options.queue if broker._types and task_type in broker._types else None),
     )
     return [rec.task_id, record, rec.params, rec.unique_key or ""]

@@ -1,10 +1,18 @@
 -- Shared by every task script (prepended by scripts.py). Every key is in KEYS, in this order
 -- (see keys.py TASK_KEYS); ARGV[1..6] is the header below, a script's own arguments follow.
-local K_TASK, K_PARAMS, K_RESULT, K_READY, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_TASK, K_PARAMS, K_RESULT, K_QUEUES, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_UNIQ, K_COUNTS, K_NSTATUS, K_DONE, K_EXPIRE = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_LEASE, K_OWNER, K_HELD, K_SEQ, K_WAKE = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local K_EVENTS, K_CANCEL, K_DISPATCH, K_KVIDX = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
-local K_OBS = KEYS[20] -- this node's observations for its metrics (bounded list)
+local K_ROUTES = KEYS[20]
+local K_OBS = KEYS[21] -- this node's observations for its metrics (bounded list)
+
+-- The keys of a named queue: its ready set and its idle consumers' wake list, in the hash
+-- tag of every other key (K_TASK is '{prefix}:task').
+local TAG = string.sub(K_TASK, 1, -6)
+local DEFAULT_QUEUE = 'default'
+local function ready_key(q) return TAG .. ':ready:' .. q end
+local function wake_key(q) return TAG .. ':wake:' .. q end
 
 -- Times in records are strings of epoch seconds made by the caller's clock (cjson keeps only
 -- 14 digits of a number); zset scores are milliseconds.
@@ -71,22 +79,54 @@ local function set_status(rec, status)
   redis.call('HINCRBY', K_NSTATUS, status, 1)
 end
 
+local function queue_of(rec)
+  if isnull(rec.queue) then return DEFAULT_QUEUE end
+  return rec.queue
+end
+
 local function ready_score(rec)
   return string.format('%.0f', (10 - rec.priority) * BAND + rec.seq)
 end
 
-local function wake(n)
-  if n <= 0 then return end
+local function push_tokens(key, n)
   if n > WAKE_MAX then n = WAKE_MAX end
   local tokens = {}
   for i = 1, n do tokens[i] = '1' end
-  redis.call('LPUSH', K_WAKE, unpack(tokens))
-  redis.call('LTRIM', K_WAKE, 0, WAKE_MAX - 1)
+  redis.call('LPUSH', key, unpack(tokens))
+  redis.call('LTRIM', key, 0, WAKE_MAX - 1)
 end
 
--- Track rec as active: delayed (as delayed_status) until its eta, else ready. keep_seq puts it
--- back at its old place (a shutdown requeue). Returns 1 when it became ready. Saves rec.
+-- Tasks made ready by this call, by queue: one wake-up each for the consumers of that queue
+-- and for those of every queue, sent by flush_wakes() before the script returns.
+local PENDING_WAKES = {}
+local KNOWN_QUEUES = {} -- queues this call added to K_QUEUES already
+local function flush_wakes()
+  local total = 0
+  for q, n in pairs(PENDING_WAKES) do
+    push_tokens(wake_key(q), n)
+    total = total + n
+  end
+  if total > 0 then push_tokens(K_WAKE, total) end
+  PENDING_WAKES = {}
+end
+
+local function made_ready(rec)
+  local q = queue_of(rec)
+  redis.call('ZADD', ready_key(q), ready_score(rec), rec.task_id)
+  PENDING_WAKES[q] = (PENDING_WAKES[q] or 0) + 1
+end
+
+-- Track rec as active: delayed (as delayed_status) until its eta, else ready (in its queue:
+-- the message's, else its type's route, else 'default'). keep_seq puts it back at its old
+-- place (a shutdown requeue). Returns 1 when it became ready. Saves rec.
 local function enqueue(rec, delayed_status, keep_seq)
+  if isnull(rec.queue) then
+    rec.queue = redis.call('HGET', K_ROUTES, rec.type) or DEFAULT_QUEUE
+  end
+  if not KNOWN_QUEUES[rec.queue] then
+    redis.call('SADD', K_QUEUES, rec.queue)
+    KNOWN_QUEUES[rec.queue] = true
+  end
   if not keep_seq or isnull(rec.seq) then rec.seq = redis.call('INCR', K_SEQ) end
   if not isnull(rec.unique_key) then redis.call('HSET', K_UNIQ, rec.unique_key, rec.task_id) end
   redis.call('ZREM', K_DONE, rec.task_id)
@@ -100,7 +140,7 @@ local function enqueue(rec, delayed_status, keep_seq)
   else
     set_status(rec, 'queued')
     rec.ready_at = NOW
-    redis.call('ZADD', K_READY, ready_score(rec), rec.task_id)
+    made_ready(rec)
     ready = 1
   end
   save(rec)
@@ -129,7 +169,7 @@ local function finish(rec, status)
   if not isnull(rec.unique_key) and redis.call('HGET', K_UNIQ, rec.unique_key) == id then
     redis.call('HDEL', K_UNIQ, rec.unique_key)
   end
-  redis.call('ZREM', K_READY, id)
+  redis.call('ZREM', ready_key(queue_of(rec)), id)
   redis.call('ZREM', K_DELAYED, id)
   release_lease(id)
   redis.call('HDEL', K_CANCEL, id)
@@ -174,7 +214,7 @@ local function fail(rec, reason, err, tb, exit_status, fate, eta)
   if reason == 'shutdown' then -- not the task's fault: back at its place, attempt not counted
     rec.attempts = math.max(0, rec.attempts - 1)
     rec.errors = errors
-    wake(enqueue(rec, 'scheduled', true))
+    enqueue(rec, 'scheduled', true)
     return 'queued'
   end
   errors[#errors + 1] = entry
@@ -186,7 +226,7 @@ local function fail(rec, reason, err, tb, exit_status, fate, eta)
   end
   if eta == '' then rec.eta = NULL else rec.eta = eta end
   counter('retried', rec.type, reason)
-  wake(enqueue(rec, 'retrying', false))
+  enqueue(rec, 'retrying', false)
   return rec.status
 end
 
@@ -202,13 +242,13 @@ local function promote(limit)
       rec.seq = redis.call('INCR', K_SEQ)
       set_status(rec, 'queued')
       rec.ready_at = NOW
-      redis.call('ZADD', K_READY, ready_score(rec), id)
+      made_ready(rec)
       save(rec)
       event(rec)
       n = n + 1
     end
   end
-  wake(n)
+  flush_wakes()
   return n
 end
 

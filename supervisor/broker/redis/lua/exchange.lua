@@ -1,5 +1,5 @@
 -- exchange(qc, consumer, want, lease_ms, outcome, id, attempt, result, reason, error, traceback,
---          exit_status, fate, eta, lease ms by task type as JSON or ''): report the held task
+--          exit_status, fate, eta, lease ms by task type as JSON or '', queues): report the held task
 -- (outcome '' for none), then take the next task when want is '1'. Returns {lost, kind, ...}:
 -- lost is 1 when the report was refused (fencing: the consumer no longer holds that attempt;
 -- nothing changed); kind is
@@ -24,6 +24,7 @@ if outcome ~= '' then
         ARGV[A0 + 14])
     end
   end
+  flush_wakes()
 end
 if want ~= '1' then return {lost, 'none', ''} end
 if redis.call('HGET', K_DISPATCH, NODE) == '0' then return {lost, 'off'} end
@@ -37,10 +38,35 @@ if held then
   redis.call('HDEL', K_HELD, qc) -- a stale hold: its lease was recovered
 end
 promote(PROMOTE_BATCH)
+-- The ready sets to take from: the consumer's queues (names joined by SEP), or every queue.
+local sets = {}
+if ARGV[A0 + 16] == '' then
+  for _, q in ipairs(redis.call('SMEMBERS', K_QUEUES)) do sets[#sets + 1] = ready_key(q) end
+else
+  for q in string.gmatch(ARGV[A0 + 16], '[^' .. SEP .. ']+') do sets[#sets + 1] = ready_key(q) end
+end
+-- The next task across them: the lowest score (highest priority, then first pushed).
+local function pop_best()
+  if #sets == 1 then
+    local top = redis.call('ZPOPMIN', sets[1])
+    return top[1]
+  end
+  local best_key, best_id, best_score = nil, nil, nil
+  for _, key in ipairs(sets) do
+    local top = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #top > 0 then
+      local score = tonumber(top[2])
+      if best_score == nil or score < best_score then
+        best_key, best_id, best_score = key, top[1], score
+      end
+    end
+  end
+  if best_key then redis.call('ZREM', best_key, best_id) end
+  return best_id
+end
 while true do
-  local top = redis.call('ZPOPMIN', K_READY)
-  if #top == 0 then break end
-  local tid = top[1]
+  local tid = pop_best()
+  if not tid then break end
   local rec = load(tid)
   if rec and rec.status == 'queued' then
     set_status(rec, 'running')

@@ -26,4 +26,5 @@ for i = 1, n do
     out[#out + 1] = id
   end
 end
+flush_wakes()
 return out

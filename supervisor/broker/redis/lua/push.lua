@@ -7,7 +7,6 @@ for i = 1, n do -- validate everything before the first write
   if old and active(old.status) then return {'dup', i, old.status} end
 end
 local out = {'ok'}
-local ready = 0
 for i = 1, n do
   local base = A0 + 2 + (i - 1) * 4
   local id, ukey = ARGV[base], ARGV[base + 3]
@@ -25,10 +24,10 @@ for i = 1, n do
     if redis.call('HEXISTS', K_TASK, id) == 1 then forget(id) end -- a finished id reused
     local rec = cjson.decode(ARGV[base + 1])
     redis.call('HSET', K_PARAMS, id, ARGV[base + 2])
-    ready = ready + enqueue(rec, 'scheduled', false)
+    enqueue(rec, 'scheduled', false)
     counter('pushed', rec.type, '')
     out[#out + 1] = id
   end
 end
-wake(ready)
+flush_wakes()
 return out

@@ -14,5 +14,6 @@ rec.attempts = 0
 rec.eta = NULL
 rec.finished_at = NULL
 rec.cancel_requested_at = NULL
-wake(enqueue(rec, 'scheduled', false))
+enqueue(rec, 'scheduled', false)
+flush_wakes()
 return 1
