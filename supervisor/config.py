@@ -221,6 +221,14 @@ FIELDS: tuple[Field, ...] = (
         minimum=1.0,
     ),
     Field(
+        "redis_keep_finished",
+        float,
+        3600.0,
+        "on Redis, how long a finished task's record stays there once the history writer has "
+        "copied it to the database, which answers for it after (s)",
+        minimum=0.0,
+    ),
+    Field(
         "queues",
         tuple,
         (),
@@ -283,6 +291,7 @@ class Settings:
     node_name: str | None
     key_prefix: str
     lease: float
+    redis_keep_finished: float
     queues: tuple[str, ...]
     ingest: tuple[str, ...]
     config_file: str | None = None

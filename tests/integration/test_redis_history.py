@@ -123,3 +123,45 @@ def test_a_failed_upsert_keeps_the_entries_for_the_next_step(
     monkeypatch.undo()
     assert w.drain() == 1
     assert table.get("kept").status == base.QUEUED
+
+
+def test_finished_records_leave_redis_once_in_the_table_and_the_table_answers(
+    server: RedisServer, prefix: str, table: TaskTable
+) -> None:
+    clock = FakeClock()
+    b = broker(server, prefix, clock)
+    b._history = table  # what a node's handles get: the table answers for what left Redis
+    done_id, live_id = (b.push({"type": "t", "params": b"p", "task_id": i}) for i in "dl")
+    m = b.pop(W)
+    assert m is not None and m["task_id"] == done_id
+    b.report(W, (done_id, base.SUCCEEDED, {"n": 1}))
+    w = writer(b, prefix, table, "a", keep_finished_s=60.0, clock=clock)
+    w.drain()
+    clock.advance(30)
+    b.maintain()
+    assert b._client.hexists(Keys(prefix).name("task"), done_id)  # within keep_finished_s
+    clock.advance(31)
+    assert b.maintain()["records_expired"] == 1
+    assert not b._client.hexists(Keys(prefix).name("task"), done_id)  # Redis: live state only
+    rec = b.get_task(done_id)
+    assert rec is not None and rec["status"] == base.SUCCEEDED and rec["result"] == {"n": 1}
+    listed = [r["task_id"] for r in b.list_tasks()]
+    assert listed == [live_id, done_id]  # newest first, Redis and the table merged
+    assert [r["task_id"] for r in b.list_tasks(status=base.SUCCEEDED)] == [done_id]
+    assert b.get_task(live_id)["status"] == base.QUEUED  # type: ignore[index]
+    assert b.get_task("never") is None
+
+
+def test_a_record_pushed_again_is_not_cut_short(
+    server: RedisServer, prefix: str, table: TaskTable
+) -> None:
+    clock = FakeClock()
+    b = broker(server, prefix, clock)
+    b.push({"type": "t", "params": b"p", "task_id": "again"})
+    b.report(W, (b.pop(W)["task_id"], base.SUCCEEDED, None))
+    b.push({"type": "t", "params": b"p", "task_id": "again"})  # a finished id, reused: live
+    w = writer(b, prefix, table, "a", keep_finished_s=1.0, clock=clock)
+    w.drain()
+    clock.advance(5)
+    b.maintain()
+    assert b.get_task("again")["status"] == base.QUEUED  # type: ignore[index]

@@ -75,8 +75,12 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         result_ttl_s: float = 7 * 86400,
         failure_ttl_s: float = 30 * 86400,
         queues: Sequence[str] | None = None,
+        history: Any = None,
     ) -> None:
         self._queues = check_queues(list(queues) if queues is not None else None)
+        # The task table the history writer fills (a TaskTable, or None): it answers for the
+        # finished tasks that have left Redis.
+        self._history = history
         super().__init__(
             url=url,
             client=client,
@@ -338,7 +342,8 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
             pipe.hget(self._keys.result, task_id)
             blob, params, result = pipe.execute()
         if blob is None:
-            return None
+            old = None if self._history is None else self._history.get(task_id)
+            return None if old is None else dict(old.as_dict())
         return codec.as_dict(codec.decode_raw(blob), params, codec.decode_result(result))
 
     def stats(self) -> dict[str, Any]:

@@ -48,7 +48,8 @@ class ControlMixin(Core):
         """Task records newest first (by push time), filtered by status, type and push time.
 
         Walks the record hash (HSCAN; live tasks plus at most ``finished_records`` finished
-        ones): an admin query, not for a hot path."""
+        ones), and with a task table the finished records that have left Redis: an admin
+        query, not for a hot path."""
         found: list[dict[str, Any]] = []
         with self._guard():
             for _, blob in self._client.hscan_iter(self._keys.task, count=SCAN_COUNT):
@@ -66,10 +67,17 @@ class ControlMixin(Core):
                 pipe.hget(self._keys.params, rec["task_id"])
                 pipe.hget(self._keys.result, rec["task_id"])
             extra = pipe.execute() if found else []
-        return [
+        out = [
             codec.as_dict(rec, extra[2 * i], codec.decode_result(extra[2 * i + 1]))
             for i, rec in enumerate(found)
         ]
+        if self._history is None:
+            return out
+        seen = {r["task_id"] for r in out}  # Redis has the newer state of a record in both
+        older = self._history.query(status=status, task_type=task_type, since=since, limit=limit)
+        out += [r.as_dict() for r in older if r.task_id not in seen]
+        out.sort(key=lambda r: r["pushed_at"] or 0.0, reverse=True)
+        return out[: max(1, limit)]
 
     def get_queue_stats(self) -> dict[str, int]:
         """Counts of task records by status (statuses with none left out)."""

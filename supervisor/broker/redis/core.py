@@ -54,6 +54,8 @@ def default_node() -> str:
 class Core:
     """Connection, key names, scripts, clock and per-type options."""
 
+    _history: Any = None  # the task table of finished records gone from Redis (see broker)
+
     def __init__(
         self,
         *,

@@ -18,12 +18,14 @@ pending (XAUTOCLAIM) first.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from loguru import logger
 
+from supervisor.broker.base import FINAL_STATUSES
 from supervisor.broker.embedded.tasktable import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.redis import codec
@@ -41,6 +43,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+
+# Bring forward the forget time of finished records (only those still finished: a live record
+# has no entry in the expire set) to ARGV[1] ms, never later than it was. Returns how many.
+_ARCHIVE = """
+local until_ms = tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV do
+  local cur = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if cur and tonumber(cur) > until_ms then
+    redis.call('ZADD', KEYS[1], until_ms, ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -86,8 +104,15 @@ class HistoryWriter:
         lock_s: float = 15.0,
         claim_idle_s: float = 30.0,
         on_error: Callable[[BaseException], None] | None = None,
+        keep_finished_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
+        # A finished record copied to the table leaves Redis this long after (None: at its
+        # retention, as if there were no table): Redis keeps live state, the table history.
+        self.keep_finished_s = keep_finished_s
+        self.clock = clock
+        self._archive = client.register_script(_ARCHIVE)
         self.keys = keys
         self.table = table
         self.node = node
@@ -166,11 +191,19 @@ class HistoryWriter:
                     _log.error("task record {!r} in Redis is corrupt: {}", task_id, exc)
         if rows:
             self.table.upsert(rows)
+            self._shorten([row[0] for row in rows if row[4] in FINAL_STATUSES])
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(self.stream, GROUP, *entry_ids)
         pipe.xdel(self.stream, *entry_ids)
         pipe.execute()
         return len(rows)
+
+    def _shorten(self, finished: list[str]) -> None:
+        """The finished records just written leave Redis within ``keep_finished_s``."""
+        if not finished or self.keep_finished_s is None:
+            return
+        until_ms = round((self.clock() + self.keep_finished_s) * 1000)
+        self._archive(keys=[self.keys.name("expire")], args=[until_ms, *finished])
 
     def drain(self, max_batches: int = 1000) -> int:
         """Write everything pending now (tests, shutdown); returns the entries handled."""
