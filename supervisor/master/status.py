@@ -4,11 +4,16 @@ Once a second the broker's ``maintain`` (due delayed tasks, expired leases, the 
 the backend's ``tick`` (e.g. lease renewal for the workers' tasks); and the master's status
 document for ``supervisor status`` and the HTTP endpoints, at once whenever the workers changed.
 A failed call is logged and tried again on the next turn: the master never stops for it.
+
+The document names the node (``node``: the backend's node name, else ``--node-name``, else the
+host name), which labels the node's metrics, and carries the backend's own counters when it has
+any (``backend``: the Redis backend's lease renewals), which the metrics export.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -65,8 +70,10 @@ class StatusPublisher:
     def snapshot(self, now: float) -> dict[str, Any]:
         """The master's status document (``status["master"]``)."""
         s = self.settings()
+        counters = getattr(self.backend, "status_counters", None)
         return {
             "pid": os.getpid(),
+            "node": self.node_name(s),
             "state": self.state(),
             "desired_workers": self.pool.desired,
             "workers": self.pool.snapshot(now),
@@ -74,4 +81,9 @@ class StatusPublisher:
             "loop_lag_s": round(self.pool.stats.loop_lag_s, 4),
             "scheduler": bool(s.scheduler),
             "max_memory_per_child_bytes": s.max_memory_per_child * 1024 * 1024,
+            "backend": counters() if callable(counters) else {},
         }
+
+    def node_name(self, s: Settings) -> str:
+        node = getattr(self.backend, "node", None) or getattr(s, "node_name", None)
+        return str(node) if node else socket.gethostname()

@@ -62,10 +62,18 @@ class Histograms:
     """One histogram family: ``observe(labels, value)``; ``family()`` for the exposition."""
 
     def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        *,
+        prefix_labels: Sequence[str] = (),
     ) -> None:
+        """``prefix_labels``: labels given at export (e.g. ``node``), before ``labelnames``."""
         self.name = name
         self.documentation = documentation
+        self.prefix_labels = list(prefix_labels)
         self.labelnames = list(labelnames)
         self.bounds = sorted(float(b) for b in buckets if b != math.inf)
         self._les = [floatToGoString(b) for b in (*self.bounds, math.inf)]
@@ -84,13 +92,16 @@ class Histograms:
         self._counts[labels][bisect.bisect_left(self.bounds, value)] += 1
         self._sums[labels] += value
 
-    def family(self) -> HistogramMetricFamily:
-        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+    def family(self, prefix: Sequence[str] = ()) -> HistogramMetricFamily:
+        """The exposition; ``prefix``: the values of ``prefix_labels``."""
+        fam = HistogramMetricFamily(
+            self.name, self.documentation, labels=self.prefix_labels + self.labelnames
+        )
         for labels in sorted(self._counts):
             running = 0
             buckets: list[tuple[str, float]] = []
             for le, n in zip(self._les, self._counts[labels], strict=True):
                 running += n
                 buckets.append((le, running))
-            fam.add_metric(list(labels), buckets, self._sums[labels])
+            fam.add_metric([*prefix, *labels], buckets, self._sums[labels])
         return fam

@@ -26,7 +26,8 @@ from supervisor.scheduling.status import LAG_BUCKETS_S
 MISFIRE_COUNTERS = {"skipped": "misfired", "coalesced": "coalesced", "overlapped": "overlapped"}
 
 
-def _num(value: Any) -> float:
+def number(value: Any) -> float:
+    """``value`` as a finite float; 0 for anything else (a document from another process)."""
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -44,14 +45,14 @@ def _lag(doc: dict[str, Any]) -> HistogramMetricFamily:
     buckets: list[tuple[str, float]] = []
     if isinstance(lag, dict) and isinstance(lag.get("buckets"), list):
         try:
-            buckets = [(floatToGoString(float(le)), _num(n)) for le, n in lag["buckets"]]
+            buckets = [(floatToGoString(float(le)), number(n)) for le, n in lag["buckets"]]
         except (TypeError, ValueError):
             buckets = []
     if not buckets or buckets[-1][0] != "+Inf":
         buckets = [(floatToGoString(b), 0.0) for b in (*LAG_BUCKETS_S, math.inf)]
         total = 0.0
     else:
-        total = _num(lag.get("sum_s")) if isinstance(lag, dict) else 0.0
+        total = number(lag.get("sum_s")) if isinstance(lag, dict) else 0.0
     fam.add_metric([], buckets, total)
     return fam
 
@@ -66,7 +67,7 @@ def scheduler_families(
     yield CounterMetricFamily(
         "supervisor_scheduler_fires_total",
         "Schedule due times pushed as tasks.",
-        value=_num(counters.get("fired")),
+        value=number(counters.get("fired")),
     )
     misfires = CounterMetricFamily(
         "supervisor_scheduler_misfires_total",
@@ -76,13 +77,13 @@ def scheduler_families(
         labels=["action"],
     )
     for action, key in MISFIRE_COUNTERS.items():
-        misfires.add_metric([action], _num(counters.get(key)))
+        misfires.add_metric([action], number(counters.get(key)))
     yield misfires
     yield _lag(doc)
     yield GaugeMetricFamily(
         "supervisor_scheduler_consecutive_failures",
         "Scheduler ticks failed in a row (database unreachable).",
-        value=_num(doc.get("db_failures")),
+        value=number(doc.get("db_failures")),
     )
     if not enabled:
         return  # --no-scheduler: no tick age, so no "scheduler stalled" alert

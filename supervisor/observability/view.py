@@ -42,6 +42,26 @@ class MetricsSource(Protocol):
         ...
 
 
+class ClusterSource(Protocol):
+    """What the metrics also read when a broker offers it (looked up by name, each optional):
+    a Redis node's :class:`~supervisor.broker.redis.nodes.NodeBroker` has all of it. Without
+    ``is_cluster_exporter`` the broker's node is the whole cluster, so it is the exporter."""
+
+    node: str  # the node's name, labelling its per-node families
+
+    def is_cluster_exporter(self) -> bool:
+        """Whether this node exports the cluster-wide families now (cheap: no round trip)."""
+        ...
+
+    def cluster_health(self) -> Any:
+        """The nodes' lease renewals (:class:`~supervisor.broker.redis.nodes.ClusterHealth`)."""
+        ...
+
+    def component_statuses(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`supervisor.broker.base.StatusBoard.component_statuses` (ingest children)."""
+        ...
+
+
 @runtime_checkable
 class BrokerView(MetricsSource, Protocol):
     """:class:`MetricsSource` plus the contract's record queries and controls the JSON API

@@ -7,10 +7,10 @@ prefix (``sv`` by default, what ``supervisor run --broker redis://...`` uses). S
 node executes what :meth:`push` sends, with its timeouts, retries and leases, when its app
 registers a handler under the queue's name (``@app.task("meeting_tasks")``; the handler is
 called with the data dict as its params). The ``"queue"`` field routes the task to the named
-queue, and the broker handle is built with ``queues=[queue_name]`` so that this client hands out
-and counts only that queue's tasks -- when the installed RedisBroker has named queues. Until it
-has, every task of the prefix shares one queue: a pull that takes another type's task gives it
-back at once (uncounted) and returns None, and the length counts the whole prefix.
+queue ``queue_name`` (so the name must be a valid queue name: letters, digits, ``_.:-``), and
+the broker handle is built with ``queues=[queue_name]`` so that this client hands out and counts
+only that queue's tasks. A node consumes it when it takes every queue (no ``--queues``) or
+lists it.
 
 This backend talks to the broker itself rather than through :class:`supervisor.client.queue.Queue`:
 that class's ``build_message`` refuses the ``queue`` key, and its consumer names are fixed when it
@@ -25,7 +25,6 @@ grace) runs out -- any node's housekeeping recovers it, and so does this client'
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import time
@@ -37,8 +36,9 @@ from loguru import logger
 from supervisor import payload
 from supervisor.broker import base
 from supervisor.broker.redis import RedisBroker
-from supervisor.errors import BrokerError, PayloadError
+from supervisor.errors import BrokerError, ConfigError, PayloadError
 from supervisor.queuemanager.validate import Message, safe_url
+from supervisor.registry import queue_name as registry_queue_name
 
 RECOVER_EVERY_S = 5.0  # how often a pulling client recovers expired leases itself
 RENEW_EVERY_S = 5.0  # how often keepalive renews the leases held
@@ -46,11 +46,6 @@ WAITING = (base.QUEUED, base.RETRYING, base.SCHEDULED)
 CLEAR_BATCH = 1000
 
 log = logger.bind(component="queue")
-
-
-def named_queues_supported() -> bool:
-    """Whether the installed RedisBroker takes ``queues=`` (named queues)."""
-    return "queues" in inspect.signature(RedisBroker.__init__).parameters
 
 
 class RedisQueue:
@@ -66,18 +61,18 @@ class RedisQueue:
         max_payload_bytes: int = 1 << 20,
     ) -> None:
         self.url = safe_url(url)
-        self.queue_name = queue_name
-        self.named = named_queues_supported()
+        try:
+            self.queue_name = registry_queue_name(queue_name)
+        except ValueError as exc:
+            raise ConfigError(f"queue_name on Redis: {exc}") from None
         if broker is None:
-            extra: dict[str, Any] = {"queues": [queue_name]} if self.named else {}
-            broker = RedisBroker(url=url, prefix=prefix, **extra)
+            broker = RedisBroker(url=url, prefix=prefix, queues=[queue_name])
         self.broker = broker
         self._max_payload = max_payload_bytes
         self._held: dict[str, str] = {}  # task id -> consumer
         self._last_recover = 0.0
         self._last_renew = time.monotonic()
         self._failures = 0
-        self._warned = False
 
     def _consumer(self) -> str:
         return f"client:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
@@ -117,7 +112,6 @@ class RedisQueue:
     # -- pull and acknowledgements -----------------------------------------------------------
     def pull(self, timeout: float | None) -> Message | None:
         consumer = self._consumer()
-        started = time.monotonic()
         try:
             self._maybe_recover()
             msg = self.broker.pop(consumer, timeout)
@@ -133,19 +127,6 @@ class RedisQueue:
         if msg is None:
             return None
         task_id = msg["task_id"]
-        if msg.get("type") != self.queue_name:  # no named queues yet: another type's task
-            self._give_back(consumer, task_id)
-            if not self._warned:
-                self._warned = True
-                log.warning(
-                    "queue {!r}: the prefix also holds tasks of other types (type {!r}) and this "
-                    "RedisBroker has no named queues: they are given back, and pulls wait",
-                    self.queue_name,
-                    msg.get("type"),
-                )
-            left = 1.0 if timeout is None else timeout - (time.monotonic() - started)
-            time.sleep(max(0.0, min(left, 1.0)))  # not a hot loop on the foreign head task
-            return None
         try:
             data = payload.loads(msg["params"], what=f"data of task {task_id!r}")
         except PayloadError as exc:
@@ -221,7 +202,7 @@ class RedisQueue:
 
     # -- queries -----------------------------------------------------------------------------
     def length(self) -> int:
-        """Tasks ready now (this queue's with named queues, else the whole prefix's)."""
+        """Tasks ready now in this queue."""
         return int(self.broker.queue_size())
 
     def clear(self) -> int:

@@ -1,4 +1,5 @@
-"""The HTTP endpoints, served by threads of the broker process: /metrics, /livez, /readyz, /api/.
+"""The HTTP endpoints, served by threads of the broker process (a Redis node: of its node
+process): /metrics, /livez, /readyz, /api/.
 
 The master passes :func:`make_on_serve`'s closure to ``start_broker_process``; the broker calls
 it once its manager listener is bound. It binds the HTTP port there and then (a bind error fails
@@ -7,6 +8,9 @@ running a :class:`~supervisor.web.httpd.BoundedHTTPServer` (limits, read deadlin
 see that module), and writes the bound ``host:port`` to ``RUN_DIR/http_address`` (for port 0,
 and for ``supervisor health``). Everything here reads the broker through
 :class:`~supervisor.observability.view.BrokerView`, never an implementation.
+
+While the broker does not answer (Redis down or cut off), ``/metrics`` still answers 200 with
+``supervisor_broker_up`` 0 and what the node knows alone, and ``/readyz`` answers 503 saying so.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class MetricsServer(BoundedHTTPServer):
         graceful_timeout_s: float = 0.0,
         api: Api | None = None,
         limits: Limits | None = None,
+        node: str | None = None,
     ) -> None:
         super().__init__(address, Handler, limits=limits)
         self.broker = broker
@@ -66,7 +71,7 @@ class MetricsServer(BoundedHTTPServer):
         self.registry: CollectorRegistry
         self.collector: SupervisorCollector
         self.registry, self.collector = build_registry(
-            broker, scoreboard, graceful_timeout_s=graceful_timeout_s
+            broker, scoreboard, graceful_timeout_s=graceful_timeout_s, node=node
         )
 
     def allowed_methods(self, path: str) -> tuple[str, ...] | None:
@@ -158,7 +163,7 @@ class Handler(JsonRequestHandler):
     def _metrics(self) -> None:
         try:
             body = generate_latest(self.server.registry)
-        except BrokerError as exc:  # a source is busy: no answer rather than a wrong one
+        except BrokerError as exc:  # the collector answers broker_up 0 itself; a last resort
             _log.warning("metrics collection failed: {}", public_message(exc))
             self.send_json(
                 503,
@@ -182,9 +187,11 @@ def start_http_server(
     graceful_timeout_s: float = 0.0,
     api: Api | None = None,
     limits: Limits | None = None,
+    node: str | None = None,
 ) -> MetricsServer:
     """Bind ``(host, port)`` now (raises ConfigError naming the setting) and serve in a daemon
-    thread."""
+    thread. ``node`` labels the per-node metrics (default: see
+    :class:`~supervisor.observability.collector.SupervisorCollector`)."""
     try:
         server = MetricsServer(
             (host, port),
@@ -193,6 +200,7 @@ def start_http_server(
             graceful_timeout_s=graceful_timeout_s,
             api=api,
             limits=limits,
+            node=node,
         )
     except OSError as exc:
         message = (

@@ -18,7 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from supervisor.broker.embedded.memory import MemoryBroker
 from supervisor.cli import health
-from supervisor.errors import SupervisorError
+from supervisor.errors import BrokerError, SupervisorError
 from supervisor.master import scoreboard as sb
 from supervisor.observability import probes
 from supervisor.registry import TaskOptions
@@ -28,6 +28,7 @@ from supervisor.web.server import (
     make_on_serve,
     start_http_server,
 )
+from tests.helpers import BrokerSpy
 
 pytestmark = pytest.mark.timeout(60)
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -198,3 +199,35 @@ def test_probe_decisions_are_pure() -> None:
         "ready_workers": 1,
     }
     assert not ready(workers=0).ok
+
+
+def test_a_broker_that_does_not_answer_is_metrics_200_with_broker_up_0_and_not_ready(
+    broker: MemoryBroker, board: sb.Scoreboard
+) -> None:
+    """Redis down, as the node process sees it: /metrics still answers (what the node knows
+    alone, and ``supervisor_broker_up`` 0, never the URL's password), /readyz says why not."""
+
+    def unreachable(*_: Any) -> Any:
+        raise BrokerError("cannot reach Redis at redis://:***@r:6379/0")
+
+    answers = {n: unreachable for n in ("master_status", "drain_events", "dispatching")}
+    srv = start_http_server(
+        broker=BrokerSpy(broker, **answers),  # type: ignore[arg-type]
+        scoreboard=board,
+        host="127.0.0.1",
+        port=0,
+        node="n1",
+    )
+    try:
+        ready_worker(board)
+        code, _, doc = get(srv, "/metrics")
+        assert code == 200
+        assert 'supervisor_broker_up{node="n1"} 0.0' in doc["text"]
+        assert 'supervisor_workers{node="n1",state="idle"} 1.0' in doc["text"]
+        assert "supervisor_queue_depth" not in doc["text"] and "***" not in doc["text"]
+        code, _, doc = get(srv, "/readyz")
+        assert code == 503 and doc["reason"].startswith("the broker does not answer")
+        assert get(srv, "/livez")[0] == 200  # the master's loop still ticks
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -78,14 +78,14 @@ def test_the_endpoints_need_nothing_but_the_view() -> None:
     assert isinstance(view, BrokerView)
     board = sb.Scoreboard(1)
     board.reset(board.master_slot, os.getpid(), time.monotonic())
-    srv = start_http_server(broker=view, scoreboard=board, host="127.0.0.1", port=0)
+    srv = start_http_server(broker=view, scoreboard=board, host="127.0.0.1", port=0, node="n")
     base = f"http://{srv.url_address()}"
     try:
         with OPENER.open(base + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
         assert 'supervisor_queue_depth{priority="7"} 2.0' in text
         assert 'supervisor_tasks_pushed_total{type="mail"} 3.0' in text
-        assert 'supervisor_task_duration_seconds_count{type="mail"} 1.0' in text
+        assert 'supervisor_task_duration_seconds_count{node="n",type="mail"} 1.0' in text
         with OPENER.open(base + "/api/stats", timeout=10) as resp:
             assert json.loads(resp.read())["by_status"] == {"queued": 2, "scheduled": 1}
         with OPENER.open(base + "/api/tasks?type=mail", timeout=10) as resp:

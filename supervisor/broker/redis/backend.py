@@ -7,8 +7,10 @@ other than ``noeviction``, persistence off), and forks the node process
 (:mod:`supervisor.broker.redis.node`) for its HTTP endpoints and the task history writer.
 
 On its loop (:meth:`RedisBackend.tick`) the master renews the leases of its workers' tasks every
-``lease_s / 3`` (never the workers: a handler that hogs the CPU must not lose its lease) and
-recovers, once a second, the expired leases of any node, as ``worker_lost`` attempts. A worker
+``lease_s / 3`` (never the workers: a handler that hogs the CPU must not lose its lease), notes
+in Redis that it did (:mod:`supervisor.broker.redis.nodes`: how the exporter of the metrics
+tells a node that stopped renewing), and recovers, once a second, the expired leases of any
+node, as ``worker_lost`` attempts. A worker
 whose lease was lost (this node was cut off longer than a lease, and another node recovered its
 task) is reported by :meth:`lost_consumers`: the master kills it, its late report would be
 refused anyway. Calls from the master use short socket timeouts, and after a failure the backend
@@ -30,8 +32,8 @@ from loguru import logger
 from supervisor import osutil
 from supervisor.broker.backend import BrokerBackend, Connector, http_hook
 from supervisor.broker.base import Broker
-from supervisor.broker.redis.broker import RedisBroker
 from supervisor.broker.redis.core import default_node, safe_url
+from supervisor.broker.redis.nodes import NodeBroker
 from supervisor.client.discovery import KEY_PREFIX_FILE, NODE_FILE
 from supervisor.errors import BrokerError, BrokerUnreachable
 from supervisor.policy import compute_backoff
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     from supervisor.master.scoreboard import Scoreboard
 
 MASTER_SOCKET_TIMEOUT_S = 2.0  # a master call to Redis that takes longer fails (and backs off)
+# The node process's calls: a scrape while Redis hangs answers "broker down" within a scrape
+# timeout (5 s in deploy/prometheus) instead of failing; above the history writer's 0.5 s block.
+NODE_SOCKET_TIMEOUT_S = 3.0
 STOP_WAIT_S = 5.0
 
 
@@ -56,7 +61,7 @@ class RedisBackend(BrokerBackend):
         self.prefix: str = getattr(settings, "key_prefix", "sv")
         self.node: str = getattr(settings, "node_name", None) or default_node()
         self.lease_s: float = getattr(settings, "lease", 30.0)
-        self._broker: RedisBroker | None = None
+        self._broker: NodeBroker | None = None
         self._pid: int | None = None
         self._options: tuple[dict[str, Any], Any] = ({}, None)
         self._next_renew = 0.0
@@ -65,9 +70,11 @@ class RedisBackend(BrokerBackend):
         self._failures = 0
         self._lost: list[str] = []
         self.recovered = 0
+        self.renewals = {"ok": 0, "failed": 0}  # renewal rounds of this master
+        self.leases_lost = 0  # tasks of this node whose lease another node recovered
         self.log = logger.bind(component="master", node=self.node)
 
-    def make_broker(self, *, socket_timeout_s: float | None = None) -> RedisBroker:
+    def make_broker(self, *, socket_timeout_s: float | None = None) -> NodeBroker:
         task_types, default = self._options
         client = None
         if socket_timeout_s is not None:
@@ -82,7 +89,7 @@ class RedisBackend(BrokerBackend):
             except ValueError as exc:
                 raise BrokerError(f"bad Redis URL {self.where}: {exc}") from None
         s = self.settings
-        return RedisBroker(
+        return NodeBroker(
             url=self.url,
             client=client,
             prefix=self.prefix,
@@ -125,7 +132,7 @@ class RedisBackend(BrokerBackend):
         run_files.publish(self.url)
         with fork_guard():
             self._pid = fork_node_process(
-                make_broker=self.make_broker,
+                make_broker=lambda: self.make_broker(socket_timeout_s=NODE_SOCKET_TIMEOUT_S),
                 on_serve=self.http_hook(scoreboard),
                 make_history=self.history_hook(),
             )
@@ -140,8 +147,9 @@ class RedisBackend(BrokerBackend):
         finished tasks are kept and queried)."""
         database = self.settings.database
         node = self.node
+        keep: float | None = getattr(self.settings, "redis_keep_finished", None)
 
-        def make(broker: RedisBroker) -> Any:
+        def make(broker: NodeBroker) -> Any:
             from supervisor.broker.embedded.tasktable import TaskTable
             from supervisor.broker.redis.history import HistoryWriter
             from supervisor.broker.redis.keys import Keys
@@ -149,7 +157,10 @@ class RedisBackend(BrokerBackend):
 
             table = TaskTable(make_engine(database))
             table.migrate()
-            return HistoryWriter(broker._client, Keys(self.prefix), table, node=node)
+            broker._history = table  # the node's API answers for what has left Redis
+            return HistoryWriter(
+                broker._client, Keys(self.prefix), table, node=node, keep_finished_s=keep
+            )
 
         return make
 
@@ -183,9 +194,7 @@ class RedisBackend(BrokerBackend):
         try:
             if now >= self._next_renew:
                 self._next_renew = now + self.lease_s / 3
-                got = broker.renew(sorted(consumers))
-                if got["lost"]:
-                    self._lost.extend(got["lost"])
+                self._renew(broker, consumers)
             if now >= self._next_recover:
                 self._next_recover = now + 1.0
                 n = broker.recover()
@@ -208,6 +217,22 @@ class RedisBackend(BrokerBackend):
             self.log.info("Redis at {} answers again", self.where)
         self._failures = 0
 
+    def _renew(self, broker: NodeBroker, consumers: Iterable[str]) -> None:
+        try:
+            got = broker.renew(sorted(consumers))
+            broker.mark_renewed()  # even with no task: "this node renews" is what is watched
+        except BrokerError:
+            self.renewals["failed"] += 1
+            raise
+        self.renewals["ok"] += 1
+        if got["lost"]:
+            self._lost.extend(got["lost"])
+            self.leases_lost += len(got["lost"])
+
+    def status_counters(self) -> dict[str, Any]:
+        """This master's lease counters, for its published status (and so for the metrics)."""
+        return {"lease_renewals": dict(self.renewals), "leases_lost": self.leases_lost}
+
     def lost_consumers(self, held: dict[str, str]) -> list[str]:
         """Consumers (of ``held``: consumer -> task id) whose task's lease was lost; each is
         named once."""
@@ -226,6 +251,8 @@ class RedisBackend(BrokerBackend):
         if self._broker is not None:
             with contextlib.suppress(Exception):
                 self._broker.forget_node()  # a clean stop: no stale status in `status`
+            with contextlib.suppress(Exception):
+                self._broker.forget_node_health()  # nor a node that "stopped renewing"
             with contextlib.suppress(Exception):
                 self._broker.close()
             self._broker = None

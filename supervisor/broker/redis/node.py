@@ -7,20 +7,29 @@ JSON API over a :class:`~supervisor.broker.redis.RedisBroker` of its own, and, w
 is set, runs the :class:`~supervisor.broker.redis.history.HistoryWriter` that copies task
 records into the SQL task table (one writer at a time across the cluster). It dies with the
 master (``PR_SET_PDEATHSIG``) and stops on SIGTERM.
+
+While it serves ``/metrics`` it also competes, from a thread of its own, for the role of the
+cluster's metrics exporter (:meth:`~supervisor.broker.redis.nodes.NodeBroker.elect_exporter`):
+the one node whose ``/metrics`` carries the cluster-wide gauges and counters. It gives the role
+up when it stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
 
 from supervisor import osutil
+from supervisor.broker.redis.nodes import EXPORTER_RENEW_S
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
+
+PRUNE_EVERY_S = 60.0  # the exporter forgets long-silent nodes this often
 
 
 def fork_node_process(
@@ -36,10 +45,20 @@ def fork_node_process(
         stop = threading.Event()
         osutil.service_child(lambda *_: stop.set())
         broker = make_broker()
+        exporter = on_serve is not None and hasattr(broker, "elect_exporter")
+        if exporter:
+            _exporter_turn(broker, first=True)  # before the first scrape can come
         if on_serve is not None:
             on_serve(broker)
+        if exporter:
+            threading.Thread(
+                target=_keep_exporter_role, args=(stop, broker), name="exporter", daemon=True
+            ).start()
         ready("serving")
-        _serve(stop, None if make_history is None else make_history(broker))
+        _serve(stop, None if make_history is None else lambda: make_history(broker))
+        if exporter:
+            with contextlib.suppress(Exception):
+                broker.resign_exporter()  # another node takes over at once
 
     try:
         pid, _ = osutil.fork_service(node_process, timeout_s=timeout_s)
@@ -50,15 +69,52 @@ def fork_node_process(
     return pid
 
 
-def _serve(stop: threading.Event, history: Any) -> None:
-    """Write history until SIGTERM (or just wait for it when there is no history to write)."""
+def _exporter_turn(broker: Any, *, first: bool = False) -> bool:
+    """Take or keep the exporter's role; False (and the role lapses) when Redis fails."""
+    try:
+        broker.elect_exporter()
+    except BrokerError as exc:
+        if first:
+            logger.bind(component="metrics").warning(
+                "cannot take part in the metrics exporter's election yet: {}", exc
+            )
+        return False
+    return True
+
+
+def _keep_exporter_role(stop: threading.Event, broker: Any) -> None:
+    """Every EXPORTER_RENEW_S until ``stop``; the exporter also forgets long-silent nodes."""
+    log = logger.bind(component="metrics")
+    failing = False
+    next_prune = 0.0
+    while not stop.wait(EXPORTER_RENEW_S):
+        ok = _exporter_turn(broker)
+        if ok and failing:
+            log.info("metrics exporter election: Redis answers again")
+        elif not ok and not failing:
+            log.warning("metrics exporter election: Redis does not answer; retrying")
+        failing = not ok
+        if ok and broker.is_cluster_exporter() and time.monotonic() >= next_prune:
+            next_prune = time.monotonic() + PRUNE_EVERY_S
+            with contextlib.suppress(BrokerError):
+                broker.prune_node_health()
+
+
+def _serve(stop: threading.Event, make_history: Callable[[], Any] | None) -> None:
+    """Write history until SIGTERM (or just wait for it when there is no history to write).
+
+    The writer is made here, retried with the same backoff as its writes: a database that is
+    down or locked at start delays the history (it waits in the Redis stream), never the node."""
     log = logger.bind(component="history")
     failures = 0
+    history: Any = None
     while not stop.is_set():
-        if history is None:
+        if make_history is None:
             stop.wait(1.0)
             continue
         try:
+            if history is None:
+                history = make_history()
             if not history.step(block_ms=500):
                 stop.wait(0.5)  # nothing new (the read blocked already), or not the writer
             failures = 0
