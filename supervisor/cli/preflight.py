@@ -6,7 +6,10 @@ naming it and exit code 2, not a broker that "could not listen" at its socket:
 
 - the database URL opens (its driver is installed, the server or file can be reached);
 - the HTTP endpoints' port can be bound on ``metrics_host`` (port 0 always can);
-- a TCP broker address's host resolves, and its port is free.
+- a TCP broker address's host resolves, and its port is free;
+- each ``--ingest`` URL has the form ``amqp://user:pass@host:port/[vhost/]QUEUE`` and pika is
+  installed (RabbitMQ itself is not called: it may be down at start, the ingest retries; that
+  each queue is a task type of the app is checked once the app is loaded).
 
 Each failure is a :class:`~supervisor.errors.ConfigError` reading
 ``<setting>: <what is wrong, with the value> (from <flag/env/file>)``; passwords are masked.
@@ -38,6 +41,8 @@ def preflight(settings: Settings, *, connect_timeout_s: float = CONNECT_TIMEOUT_
         address = parse_address(settings.address)
         if isinstance(address, tuple):
             check_listen(settings, "address", "address", address[0], address[1])
+    if settings.ingest:
+        check_ingest(settings)
 
 
 def source(settings: Settings, name: str) -> str:
@@ -86,6 +91,13 @@ def check_database(settings: Settings, *, connect_timeout_s: float = CONNECT_TIM
         raise ConfigError(f"database: cannot open {shown}: {reason} {where}") from None
     finally:
         engine.dispose()
+
+
+def check_ingest(settings: Settings) -> None:
+    """Parse every ``ingest`` URL (ConfigError naming the first bad one, password masked)."""
+    from supervisor.ingest import parse_ingest_urls
+
+    parse_ingest_urls(settings.ingest, where=source(settings, "ingest"))
 
 
 def check_listen(

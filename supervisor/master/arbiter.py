@@ -36,6 +36,7 @@ from supervisor.master.children import (
     resolve_options,
     run_start_hooks,
 )
+from supervisor.master.ingest_handle import IngestChildren, build_ingest, ingest_specs
 from supervisor.master.pool import Fork, Kill, MasterStats, WorkerPool
 from supervisor.master.runfiles import RunFiles
 from supervisor.master.scheduler_handle import SchedulerChild
@@ -83,6 +84,9 @@ class Master:
         self.stats = MasterStats()
         self.last_tick = 0.0
         self.options = resolve_options(registry, settings)
+        # One child per --ingest URL; a bad URL or queue is a ConfigError before anything forks.
+        specs = ingest_specs(settings, registry.names())
+        self.ingest = IngestChildren(specs, self.make_ingest, kill=kill)
         self.signal_handlers: dict[int, Callable[[str, float], None]] = {
             signal.SIGTERM: self.on_stop,
             signal.SIGINT: self.on_stop,
@@ -125,6 +129,7 @@ class Master:
         if s.scheduler:
             self.scheduler_process = SchedulerChild(self.make_scheduler)
             self.scheduler_process.start(self.clock())
+        self.ingest.start(self.clock())
         self.manage_workers(self.clock())
 
     def assemble(self, *, broker: Broker, scoreboard: sb.Scoreboard, signals: SignalQueue) -> None:
@@ -184,6 +189,12 @@ class Master:
             close_fds=self.signals.fds(),
         )
 
+    def make_ingest(self, spec: Any) -> Any:
+        """The IngestProcess of one ``--ingest`` URL (built in the master, forked later)."""
+        return build_ingest(
+            spec, settings=self.settings, backend=self.backend, close_fds=self.signals.fds()
+        )
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
         """Start, loop until stopped, clean up; return the exit code."""
@@ -222,12 +233,13 @@ class Master:
         self.check_liveness(now)
         self.manage_workers(now)
         self.manage_scheduler(now)
+        self.manage_ingest(now)
         self.advance_shutdown(now)
         self.tick_broker(now)
 
     def sleep(self) -> None:
         now = self.clock()
-        timeouts = [TICK_S, self.pool.next_wake(now)]
+        timeouts = [TICK_S, self.pool.next_wake(now), self.ingest.next_wake(now)]
         if self.state == DRAINING:
             timeouts.append(self.shutdown.drain_deadline - now)
         if self.scheduler_process is not None:
@@ -251,6 +263,8 @@ class Master:
             self.on_broker_exit(pid, status)
         elif self.scheduler_process is not None and pid == self.scheduler_process.pid:
             self.scheduler_process.on_exit(status, now)
+        elif self.ingest.owns(pid):
+            self.ingest.on_exit(pid, status, now)
         elif not self.pool.on_exit(pid, status, now):
             self.log.debug("reaped orphan pid {} ({})", pid, describe_status(status))
 
@@ -280,6 +294,13 @@ class Master:
     def manage_scheduler(self, now: float) -> None:
         if self.state == RUNNING and self.scheduler_process is not None:
             self.scheduler_process.tick(now)
+
+    def manage_ingest(self, now: float) -> None:
+        """Respawn dead ingest children while running; in any other state, stop them."""
+        if self.state == RUNNING:
+            self.ingest.tick(now)
+        else:
+            self.ingest.stop()
 
     def tick_broker(self, now: float) -> None:
         if self.state != STOPPED and self.backend.running:
@@ -340,6 +361,10 @@ class Master:
             self.log.error("SIGHUP: broker not reconfigured: {}", exc)
         if self.scheduler_process is not None:
             self.scheduler_process.restart()  # the new one upserts the reloaded schedules
+        try:
+            self.ingest.reconfigure(ingest_specs(new, self.registry.names()), self.clock())
+        except SupervisorError as exc:
+            self.log.error("SIGHUP: ingest not reloaded: {}", exc)
         n = self.pool.begin_replace()
         self.log.info("SIGHUP: configuration reloaded; replacing {} worker(s) one by one", n)
 
@@ -357,6 +382,7 @@ class Master:
         if self.state == RUNNING:
             timeout_s = self.settings.graceful_timeout
             self.log.info("{}: graceful shutdown (up to {:g} s)", name, timeout_s)
+            self.ingest.stop()  # first: no new task comes in while the workers drain
             self.shutdown.begin_drain(now, timeout_s)
         elif self.state == DRAINING:
             self.log.warning("{} again: fast shutdown", name)
@@ -387,6 +413,7 @@ class Master:
                 self.signals.wait(0.05)
 
     def cleanup(self) -> None:
+        self.ingest.wait_stopped()  # before the broker stops: a child may be mid-push
         self.backend.stop()
         if hasattr(self, "run_files"):
             self.run_files.remove()

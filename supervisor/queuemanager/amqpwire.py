@@ -3,12 +3,14 @@
 Pure (no connection), so that anything else that produces to or consumes from the queue (an
 ingest into our broker, a producer in another service) can use the same format: a persistent
 message, ``message_id`` = task id, AMQP priority = task priority, body JSON
-``{"task_id", "data", "priority"}``.
+``{"task_id", "data", "priority"}``, and the AMQP ``timestamp`` (epoch seconds) of the push, from
+which an ingest measures its lag.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pika
@@ -42,6 +44,7 @@ def encode(task_id: str, data: dict[str, Any], priority: int) -> tuple[bytes, An
         delivery_mode=pika.DeliveryMode.Persistent,
         priority=priority,
         message_id=task_id,
+        timestamp=int(time.time()),
     )
     return body, props
 
