@@ -230,16 +230,27 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         return lost, None, (float(nxt) / 1000.0 if nxt else None)
 
     def _wait_and_take(
-        self, consumer: str, wait_s: float | None, queues: tuple[str, ...] | None
+        self,
+        consumer: str,
+        wait_s: float | None,
+        queues: tuple[str, ...] | None,
+        found_none: tuple[float | None] | None = None,
     ) -> dict[str, Any] | None:
+        """Take, else wait on the wake lists and take again, until ``wait_s``. ``found_none``
+        (the next eta) says a take just found nothing: block at once rather than take again
+        (a push since then left a token in the list, so no wake-up is lost)."""
         deadline = None if wait_s is None else time.monotonic() + max(0.0, wait_s)
         wake = self._wake_keys(queues)
         while True:
-            _, msg, next_eta = self._exchange_once(consumer, None, True, queues)
-            if msg is not None:
-                return msg
-            if next_eta == OFF:
-                return None
+            if found_none is not None:
+                next_eta = found_none[0]
+                found_none = None
+            else:
+                _, msg, next_eta = self._exchange_once(consumer, None, True, queues)
+                if msg is not None:
+                    return msg
+                if next_eta == OFF:
+                    return None
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
@@ -283,7 +294,7 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         _, msg, next_eta = self._exchange_once(consumer, report, True, wanted)
         if msg is not None or next_eta == OFF or (wait_s is not None and wait_s <= 0):
             return msg
-        return self._wait_and_take(consumer, wait_s, wanted)
+        return self._wait_and_take(consumer, wait_s, wanted, (next_eta,))
 
     def set_dispatching(self, on: bool) -> None:
         """Stop (or resume) handing out tasks on this node; waiting pops return None soon

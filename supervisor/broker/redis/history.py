@@ -124,6 +124,9 @@ class HistoryWriter:
         self.lock_key = f"{keys.tag}:history"
         self._lock = client.register_script(_LOCK)
         self._group_ready = False
+        self._lead_until = 0.0  # time.monotonic() until which our writer's lock holds
+        self._claim_due = True  # look for entries a departed writer left pending
+        self._pending = True  # our own entries may be pending (a failed write, a restart)
         self.written = 0
 
     def _ensure_group(self) -> None:
@@ -146,17 +149,24 @@ class HistoryWriter:
 
         A node that is not the writer returns 0 at once (the caller waits before trying again).
         Raises on a Redis or database error: the entries stay pending, read again next time."""
-        if not self.leads():
-            return 0
+        now = time.monotonic()
+        if now >= self._lead_until:  # the lock lasts lock_s: take or renew it every third
+            if not self.leads():
+                self._lead_until = 0.0
+                return 0
+            self._lead_until = now + self.lock_ms / 3000
+            self._claim_due = True  # a new term (or a renewal): look for a departed writer's
         self._ensure_group()
-        got_claim: Any = self.client.xautoclaim(
-            self.stream, GROUP, self.node, self.claim_idle_ms, "0-0", count=self.batch
-        )
-        claimed = got_claim[1]
-        entries = list(claimed)
+        entries: list[Any] = []
+        if self._claim_due:
+            got_claim: Any = self.client.xautoclaim(
+                self.stream, GROUP, self.node, self.claim_idle_ms, "0-0", count=self.batch
+            )
+            entries = list(got_claim[1])
+            self._claim_due = bool(entries)
         if not entries:
-            # Our own pending entries first (a failed upsert), then new ones.
-            for start in ("0", ">"):
+            # Our own pending entries first (only after a failed write), then new ones.
+            for start in ("0", ">") if self._pending else (">",):
                 got: Any = self.client.xreadgroup(
                     GROUP,
                     self.node,
@@ -169,7 +179,9 @@ class HistoryWriter:
                     break
         if not entries:
             return 0
+        self._pending = True  # until the write below is acknowledged
         self.written += self._write([entry_id for entry_id, _ in entries], entries)
+        self._pending = False
         return len(entries)
 
     def _write(self, entry_ids: list[Any], entries: list[Any]) -> int:
