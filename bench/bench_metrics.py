@@ -65,7 +65,7 @@ def scrape(address: str) -> tuple[float, bytes]:
 
 def crash_restarts(body: bytes) -> int:
     for line in body.decode().splitlines():
-        if line.startswith('supervisor_worker_restarts_total{reason="crash"}'):
+        if line.startswith("supervisor_worker_restarts_total{") and 'reason="crash"' in line:
             return int(float(line.split()[-1]))
     return 0
 
