@@ -43,15 +43,19 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # stop() came meanwhile: cut this one too
+                    for s in (client, upstream):
+                        s.close()
+                    return
                 self._socks += [client, upstream]
             t = threading.Thread(target=self._relay, args=(client, upstream), daemon=True)
             t.start()
 
     def _relay(self, a: socket.socket, b: socket.socket) -> None:
         sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
         try:
+            sel.register(a, selectors.EVENT_READ, b)  # raises if stop() closed them already
+            sel.register(b, selectors.EVENT_READ, a)
             while True:
                 for key, _ in sel.select(timeout=1.0):
                     src: socket.socket = key.fileobj  # type: ignore[assignment]
@@ -68,13 +72,13 @@ class TcpProxy:
                     s.close()
 
     def stop(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            listener, self._listener = self._listener, None
             socks, self._socks = self._socks, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         for s in socks:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
