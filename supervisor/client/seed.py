@@ -50,10 +50,18 @@ def connect(
 
         prefix = key_prefix or os.environ.get("SUPERVISOR_KEY_PREFIX") or "sv"
         redis_broker = RedisBroker(url=url, prefix=prefix, node=node, task_types=None)
-        redis_broker.ping()
+        try:
+            redis_broker.ping()
+        except BaseException:
+            redis_broker.close()  # its connection pool, which a failed ping may have opened
+            raise
         return Queue(redis_broker, max_payload_bytes=max_payload_bytes)
     client = BrokerClient.from_env(address, authkey, run_dir, timeout_s=timeout_s)
-    client.ping()
+    try:
+        client.ping()
+    except BaseException:
+        client.close()
+        raise
     return Queue(client, max_payload_bytes=max_payload_bytes)
 
 

@@ -1084,9 +1084,13 @@ def test_a_producer_with_only_the_url_routes_by_the_types_a_node_published(
     node.configure({"render": TaskOptions(timeout_s=10.0, queue="gpu")})
     producer = make(node="client")  # no task types: what `supervisor push --broker` has
     producer.push(msg("render", task_id="r"))
-    producer.push(msg("unknown", task_id="u"))
+    producer.push(msg("render", task_id="d", queue="default"))
+    with pytest.raises(
+        UnknownTaskType, match="'unknown' is not registered on any node; known: render"
+    ):
+        producer.push_many([msg("render", task_id="x"), msg("unknown", task_id="u")])
+    assert producer.get_task("x") is None  # all or none
     assert producer.get_task("r")["queue"] == "gpu"  # type: ignore[index]
-    assert producer.get_task("u")["queue"] == "default"  # type: ignore[index]
     gpu = make(node="a", queues=["gpu"])
     assert gpu.queue_size() == 1 and producer.queue_size() == 2
     m = gpu.pop(W1)

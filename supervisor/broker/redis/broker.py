@@ -41,7 +41,7 @@ from supervisor.broker.redis.leases import LeaseMixin
 from supervisor.broker.redis.store import StoreMixin
 from supervisor.broker.redis.validate import validate
 from supervisor.broker.validate import check_queues
-from supervisor.errors import DuplicateTaskId, TaskError
+from supervisor.errors import DuplicateTaskId, TaskError, UnknownTaskType
 from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN, TaskOptions
 
 MAX_BLOCK_S = 1.0  # longest BLPOP on the wake list: a lost wake-up costs at most this
@@ -138,13 +138,20 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
             raise TaskError("push_many got the same task_id twice")
         if not items:
             return []
-        args: list[Any] = [len(items)]
+        # A producer that knows no task types (only the URL) is checked against the types the
+        # nodes published, as the embedded broker checks against its registry.
+        args: list[Any] = ["1" if self._types is None else "", len(items)]
         for item in items:
             args.extend(item)
         res = self._run("push", args, now)
         if codec.text(res[0]) == "dup":
             index, status = int(res[1]) - 1, codec.text(res[2])
             raise DuplicateTaskId(f"task id {ids[index]!r} is already {status}")
+        if codec.text(res[0]) == "unknown":
+            known = ", ".join(sorted(codec.text(x) for x in res[3:]))
+            raise UnknownTaskType(
+                f"task type {codec.text(res[2])!r} is not registered on any node; known: {known}"
+            )
         return [codec.text(x) for x in res[1:]]
 
     def push(self, message: dict[str, Any]) -> str:
