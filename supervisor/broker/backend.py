@@ -84,6 +84,12 @@ class BrokerBackend(abc.ABC):
     def connector(self) -> Connector:
         """A function a forked child (a worker) calls after the fork to get its own client."""
 
+    def history_connector(self) -> Connector:
+        """:meth:`connector` for a child that must also see finished tasks (an ingest asks
+        whether a redelivered message's task exists): the same unless the broker keeps only
+        live state and the history elsewhere."""
+        return self.connector()
+
     def tick(self, now: float, consumers: Iterable[str]) -> None:
         """Housekeeping on the master's loop (``now`` monotonic; ``consumers``: the names of
         the live workers), e.g. renewing their leases. Must not block for long."""

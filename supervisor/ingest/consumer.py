@@ -186,9 +186,12 @@ class Ingestor:
         accepted: list[tuple[Accepted, int]] = []  # with the delivery's index in the batch
         refused: list[tuple[Delivery, str]] = []
         for i, d in enumerate(batch):
-            task = to_task(
-                d[2], d[1], queue=self.spec.queue, max_payload_bytes=self.max_payload_bytes
-            )
+            try:
+                task = to_task(
+                    d[2], d[1], queue=self.spec.queue, max_payload_bytes=self.max_payload_bytes
+                )
+            except Exception as exc:  # whatever a message does, it must not stop the queue
+                task = Rejected(f"unreadable message: {type(exc).__name__}: {exc}")
             if isinstance(task, Rejected):
                 refused.append((d, task.reason))
             else:

@@ -50,7 +50,7 @@ def build_ingest(
     node = settings.node_name or getattr(backend, "node", None) or socket.gethostname()
     return IngestProcess(
         spec=spec,
-        connect=backend.connector(),
+        connect=backend.history_connector(),
         node=str(node),
         close_fds=close_fds,
         options={"max_payload_bytes": settings.max_payload_bytes},

@@ -53,8 +53,8 @@ def decode(body: bytes, props: Any) -> Message | str:
     """The message, or the reason it is not one of ours (a string)."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return f"body is not JSON: {exc}"
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested too deep: ours? no
+        return f"body is not JSON: {type(exc).__name__}: {exc}"
     if not isinstance(obj, dict):
         return f"body is JSON {type(obj).__name__}, not an object"
     task_id = obj.get("task_id") or getattr(props, "message_id", None)

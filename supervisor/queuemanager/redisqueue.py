@@ -66,7 +66,8 @@ class RedisQueue:
         except ValueError as exc:
             raise ConfigError(f"queue_name on Redis: {exc}") from None
         if broker is None:
-            broker = RedisBroker(url=url, prefix=prefix, queues=[queue_name])
+            # No type check: its own pull() consumes the queue whether or not a node does.
+            broker = RedisBroker(url=url, prefix=prefix, queues=[queue_name], check_types=False)
         self.broker = broker
         self._max_payload = max_payload_bytes
         self._held: dict[str, str] = {}  # task id -> consumer

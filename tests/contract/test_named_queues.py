@@ -142,3 +142,12 @@ def test_bad_queues_of_a_consumer_are_refused(broker: Broker, queues: Any) -> No
     with pytest.raises(TaskError):
         broker.pop(W1, 0.0, queues)
     assert broker.queue_size() == 1
+
+
+def test_a_report_with_bad_queues_changes_nothing(broker: Broker) -> None:
+    broker.push(msg(task_id="a"))
+    m = broker.pop(W1)
+    assert m is not None
+    with pytest.raises(TaskError):
+        broker.exchange(W1, ("a", base.SUCCEEDED, None), 0.0, ["a b"])
+    assert broker.get_task("a")["status"] == base.RUNNING  # type: ignore[index]

@@ -24,3 +24,9 @@ def meeting_tasks(data: dict[str, Any]) -> int:
     if data.get("fail_first") and task.attempt == 1:
         raise RuntimeError("the first attempt fails, as asked")
     return os.getpid()
+
+
+@app.task("render", queue="gpu", timeout_s=30)
+def render(data: dict[str, Any]) -> int:
+    """A type registered in a named queue: a producer with only the URL routes it there."""
+    return os.getpid()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import supervisor
+from supervisor.errors import UnknownTaskType
 from tests.helpers import require_service, wait_until
 from tests.redisserver import RedisServer, redis_server_path
 
@@ -76,5 +77,24 @@ def test_two_redis_nodes_split_the_work_by_queue(
             10,
             what="every named queue to be empty",
         )
+    finally:
+        producer.broker.close()  # type: ignore[attr-defined]
+
+
+def test_a_node_publishes_its_types_queues_at_start(start_master: Any, redis_url: str) -> None:
+    prefix = f"nq{uuid.uuid4().hex[:8]}"
+    start_master(
+        "--broker", redis_url, "--key-prefix", prefix, "--app", "tests.e2e.qm_app",
+        "--queues", "gpu", workers=1,
+    )  # fmt: skip
+    producer = supervisor.connect(broker=redis_url, key_prefix=prefix)  # only the URL
+    try:
+        task_id = producer.push_task({"type": "render"})  # no queue: its type's, gpu
+        wait_until(
+            lambda: status_of(producer, task_id) == "succeeded", 20, what="render to succeed"
+        )
+        assert producer.get_task_state(task_id)["queue"] == "gpu"
+        with pytest.raises(UnknownTaskType, match="'rendr' is not registered on any node"):
+            producer.push_task({"type": "rendr"})
     finally:
         producer.broker.close()  # type: ignore[attr-defined]

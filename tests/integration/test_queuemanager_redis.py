@@ -107,3 +107,16 @@ def test_push_while_redis_is_down_returns_false_and_logs_why() -> None:
         queue.close()
     finally:
         logs.close()
+
+
+def test_a_queue_no_node_registered_is_still_pushed_for_its_own_consumer(spec: QueueSpec) -> None:
+    node = RedisBroker(url=spec.url, prefix=spec.prefix)
+    try:
+        node.configure({"other": TaskOptions(timeout_s=10.0)})  # a node published its types
+        queue = spec.manager()
+        assert queue.push("m1", {"n": 1}, 5)  # the document's own pull() consumes it
+        msg = queue.pull(timeout=5)
+        assert msg is not None and msg["task_id"] == "m1"
+        assert queue.task_done("m1")
+    finally:
+        node.close()

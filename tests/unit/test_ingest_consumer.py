@@ -301,3 +301,11 @@ def test_errors_are_described_without_the_password() -> None:
     assert "406 PRECONDITION_FAILED" in text and "x-max-priority" in text
     auth = pika.exceptions.ProbableAuthenticationError("ACCESS_REFUSED")
     assert "check the user and password" in rig.ingestor._describe(auth)
+
+
+def test_a_message_nested_too_deep_for_json_is_dead_lettered_not_a_crash() -> None:
+    rig = Rig()
+    rig.ingest(rig.delivery(b"[" * 200_000), rig.message("ok"))
+    assert rig.counts() == (1, 0, 1)  # the child goes on: the queue is not stuck behind it
+    (_, key, _, props) = rig.ch.published[0]
+    assert key == "jobs.dead" and "RecursionError" in props.headers["x-ingest-reason"]

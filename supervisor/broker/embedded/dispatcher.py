@@ -131,11 +131,11 @@ class Dispatcher:
         *,
         sink: Sink,
     ) -> Any:
+        wanted = check_queues(queues)  # before the report: a refused call changes nothing
         if report is not None:
             self.core.report(consumer, report)
         if not self.core.dispatching:
             return None
-        wanted = check_queues(queues)
         msg = self.core.take(consumer, self.core.clock(), wanted)
         if msg is not None or (wait_s is not None and wait_s <= 0):
             return msg

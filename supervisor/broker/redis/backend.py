@@ -123,6 +123,8 @@ class RedisBackend(BrokerBackend):
             raise BrokerUnreachable(f"{exc}; check --broker and that Redis runs") from None
         for problem in broker.check_server():
             self.log.warning("Redis at {} may lose tasks: {}", self.where, problem)
+        # This node's task types and their queues, for producers that have only the URL.
+        broker.configure(task_types or None, default_options=default_options)
         self._broker = broker
         # Local clients (`supervisor status`) find the broker in the run folder (0600 files).
         # The address file is what they look for: it comes last, once the prefix and the node
@@ -182,6 +184,23 @@ class RedisBackend(BrokerBackend):
 
     def connector(self) -> Connector:
         return self.make_broker
+
+    def history_connector(self) -> Connector:
+        """A handle whose get_task falls back to the task table, for finished tasks that have
+        left Redis (``redis_keep_finished``)."""
+        database = self.settings.database
+
+        def connect() -> Broker:
+            from supervisor.broker.embedded.tasktable import TaskTable
+            from supervisor.db import make_engine
+
+            broker = self.make_broker()
+            table = TaskTable(make_engine(database))
+            table.migrate()  # idempotent (and serialized): the node process may not have yet
+            broker._history = table
+            return broker
+
+        return connect
 
     def describe(self) -> str:
         return f"Redis at {self.where} (node {self.node}, key prefix {self.prefix!r})"

@@ -42,7 +42,7 @@ from supervisor.broker.redis.store import StoreMixin
 from supervisor.broker.redis.validate import validate
 from supervisor.broker.validate import check_queues
 from supervisor.errors import DuplicateTaskId, TaskError, UnknownTaskType
-from supervisor.registry import PRIORITY_MAX, PRIORITY_MIN, TaskOptions
+from supervisor.registry import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, TaskOptions
 
 MAX_BLOCK_S = 1.0  # longest BLPOP on the wake list: a lost wake-up costs at most this
 MIN_BLOCK_S = 0.01
@@ -76,11 +76,14 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         failure_ttl_s: float = 30 * 86400,
         queues: Sequence[str] | None = None,
         history: Any = None,
+        check_types: bool = True,
     ) -> None:
         self._queues = check_queues(list(queues) if queues is not None else None)
         # The task table the history writer fills (a TaskTable, or None): it answers for the
         # finished tasks that have left Redis.
         self._history = history
+        # Without task types of its own, refuse types no node published (see push.lua).
+        self._check_types = check_types
         super().__init__(
             url=url,
             client=client,
@@ -112,7 +115,12 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         if self._types:
             routes: dict[Any, Any] = {name: opts.queue for name, opts in self._types.items()}
             with self._guard():
-                self._client.hset(self._keys.routes, mapping=routes)
+                pipe = self._client.pipeline(transaction=True)
+                pipe.hset(self._keys.routes, mapping=routes)
+                # 'default' always: ready tasks left by a release before named queues (in
+                # its ready set, never added to the set of queues) are taken again.
+                pipe.sadd(self._keys.queues, DEFAULT_QUEUE, *set(routes.values()))
+                pipe.execute()
         if default_options is not None:
             self._default = default_options
         if max_payload_bytes is not None:
@@ -140,7 +148,8 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
             return []
         # A producer that knows no task types (only the URL) is checked against the types the
         # nodes published, as the embedded broker checks against its registry.
-        args: list[Any] = ["1" if self._types is None else "", len(items)]
+        check = self._types is None and self._check_types
+        args: list[Any] = ["1" if check else "", len(items)]
         for item in items:
             args.extend(item)
         res = self._run("push", args, now)
