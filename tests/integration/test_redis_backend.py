@@ -146,3 +146,28 @@ def test_a_redis_that_may_lose_tasks_gets_a_loud_warning(tmp_path: Path) -> None
         srv.stop()
     warned = " ".join(lines)
     assert "may lose tasks" in warned and "noeviction" in warned and "appendonly" in warned
+
+
+def test_the_history_connector_answers_for_tasks_that_left_redis(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    s = settings(tmp_path, server.url)
+    backend = RedisBackend(s)
+    table = TaskTable(make_engine(s.database))
+    table.migrate()
+    from supervisor.broker.embedded.tasktable import snapshot
+    from supervisor.broker.records import TaskRecord
+
+    gone = TaskRecord(
+        task_id="old", type="t", params=b"", priority=5, status=base.SUCCEEDED, pushed_at=1.0
+    )
+    table.upsert([snapshot(gone)])  # written by the history writer, then forgotten by Redis
+    plain, with_history = backend.connector()(), backend.history_connector()()
+    try:
+        assert plain.get_task("old") is None
+        rec = with_history.get_task("old")
+        assert rec is not None and rec["status"] == base.SUCCEEDED
+    finally:
+        plain.close()  # type: ignore[attr-defined]
+        with_history.close()  # type: ignore[attr-defined]
+        table.close()
