@@ -16,7 +16,9 @@ import pytest
 
 from supervisor import connect
 from supervisor.client.queue import Queue
-from tests.helpers import wait_until
+from tests.helpers import require_service, wait_until
+from tests.integration.test_schedule_backends import backend_url
+from tests.redisserver import RedisServer, redis_server_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -202,3 +204,20 @@ def gone(pid: int) -> bool:
         return p.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A private redis-server for this test module (AOF, fsync always), on a free port."""
+    require_service(redis_server_path() is not None, "redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test (skips on a laptop without one)."""
+    with backend_url("postgresql", tmp_path) as url:
+        yield url

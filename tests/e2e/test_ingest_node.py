@@ -24,9 +24,8 @@ import pytest
 from supervisor.queuemanager.amqpwire import dead_letter_queue, encode, queue_arguments
 from supervisor.registry import TaskRegistry
 from tests.e2e.app import record
-from tests.helpers import require_service, wait_until
+from tests.helpers import wait_until
 from tests.qm_support import require_rabbitmq
-from tests.redisserver import RedisServer, redis_server_path
 from tests.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -88,15 +87,6 @@ def rabbit(monkeypatch: pytest.MonkeyPatch) -> Iterator[Rabbit]:
     monkeypatch.setenv("SV_TEST_INGEST_QUEUES", r.queue)  # the nodes' app registers it
     yield r
     r.close()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
 
 
 def _kill_tree(m: Any) -> None:

@@ -4,26 +4,15 @@ on the embedded broker and on Redis (a GPU node and a CPU node sharing one clust
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import supervisor
 from supervisor.errors import UnknownTaskType
-from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, redis_server_path
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
 
 
 def status_of(q: Any, task_id: str) -> str:

@@ -17,7 +17,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,27 +27,11 @@ from tests.e2e.test_observability_metrics import METRICS, finish_all, get, http_
 from tests.e2e.test_observability_prometheus import INGEST_DOC, check_every_expression
 from tests.e2e.test_redis_nodes import readyz
 from tests.helpers import require_service, wait_until
-from tests.integration.test_schedule_backends import backend_url
 from tests.redisserver import RedisServer, redis_server_path
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 LEASE_S = 2.0
 prometheus_for = on_one_machine.prometheus_for  # the fixture: a Prometheus scraping targets
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def pg_url(tmp_path: Path) -> Iterator[str]:
-    with backend_url("postgresql", tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ document unchanged: ``QueueManager(backend=QueueBackend.REDIS, redis_url=..., qu
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,9 @@ import pytest
 
 import supervisor
 from supervisor import QueueBackend, QueueManager
-from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, redis_server_path
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
 
 
 def lines(path: Path) -> list[str]:

@@ -31,21 +31,11 @@ import supervisor
 from supervisor.broker import base
 from supervisor.broker.redis.keys import Keys
 from tests.cluster_support import GATE_OPEN, produce
-from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, redis_server_path
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 WORKERS = 2  # per node
 FINAL = {base.SUCCEEDED, "dead", "cancelled"}
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
 
 
 class Cluster:

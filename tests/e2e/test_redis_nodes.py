@@ -19,26 +19,10 @@ import pytest
 import supervisor
 from supervisor.broker import base
 from tests.helpers import require_service, wait_until
-from tests.integration.test_schedule_backends import backend_url
 from tests.redisserver import RedisServer, redis_server_path
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 LEASE_S = 2.0
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture
-def pg_url(tmp_path: Path) -> Iterator[str]:
-    with backend_url("postgresql", tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
