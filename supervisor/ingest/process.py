@@ -32,7 +32,7 @@ from supervisor.broker.base import Broker
 from supervisor.errors import ExitCode
 from supervisor.ingest.consumer import Ingestor
 from supervisor.ingest.url import IngestSpec
-from supervisor.master.signals import HANDLED
+from supervisor.master.signals import fork_blocked
 
 _IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
 
@@ -70,15 +70,8 @@ class IngestProcess:
     def start(self) -> int:
         """Fork the ingest process; return its pid (in the master). OSError if fork fails."""
         self._parent = os.getpid()
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                self.run()  # never returns
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self.pid = pid
-        return pid
+        self.pid = fork_blocked(self.run)  # run() never returns
+        return self.pid
 
     # -- in the child --------------------------------------------------------------------------
     def run(self) -> NoReturn:

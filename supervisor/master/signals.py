@@ -84,26 +84,38 @@ class SignalQueue:
         return out
 
     def fork(self, child: Callable[[], object]) -> int:
-        """Fork with every handled signal blocked; the child runs ``child()`` (it must not
-        return; if it does, the child exits 1) and unblocks them itself once it has installed
-        its own handlers. Returns the child's pid; raises OSError when the fork fails."""
-        with self.blocked():
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    child()
-                finally:
-                    os._exit(1)
-        return pid
+        """:func:`fork_blocked` (a method, so that tests can replace it)."""
+        return fork_blocked(child)
 
     @contextlib.contextmanager
     def blocked(self) -> Iterator[None]:
         """Block every handled signal (e.g. around fork); pending ones arrive on exit."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-        try:
+        with blocked_signals():
             yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def blocked_signals() -> Iterator[None]:
+    """Block every handled signal; pending ones arrive on exit."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def fork_blocked(child: Callable[[], object]) -> int:
+    """Fork with every handled signal blocked, so that a signal never reaches the child before
+    it has its own handlers; the child runs ``child()`` (it must not return; if it does, the
+    child exits 1) and unblocks them itself. Returns the child's pid; OSError if fork fails."""
+    with blocked_signals():
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child()
+            finally:
+                os._exit(1)
+    return pid
 
 
 def current_stack() -> str:

@@ -38,15 +38,13 @@ from supervisor.broker.base import Broker
 from supervisor.client.proxy import BrokerClient
 from supervisor.db import make_engine
 from supervisor.errors import ConfigError, ExitCode
-from supervisor.master.signals import HANDLED
+from supervisor.master.signals import fork_blocked
 from supervisor.scheduling import wake
 from supervisor.scheduling.errors import ScheduleError
 from supervisor.scheduling.service import SchedulerOptions, SchedulerService
 from supervisor.scheduling.spec import ScheduleSpec
 from supervisor.scheduling.store import ScheduleStore
 
-# Every signal the master handles is blocked around fork (the child unblocks after its setup).
-_BLOCKED = HANDLED
 _IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
 
 
@@ -104,15 +102,8 @@ class SchedulerProcess:
     def start(self) -> int:
         """Fork the scheduler process; return its pid (in the master)."""
         self._parent = os.getpid()
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                self.run()  # never returns
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        self.pid = pid
-        return pid
+        self.pid = fork_blocked(self.run)  # run() never returns
+        return self.pid
 
     # -- in the child --------------------------------------------------------------------------
     def run(self) -> NoReturn:
