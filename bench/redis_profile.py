@@ -100,9 +100,9 @@ def cpu_s(pids: dict[int, str]) -> dict[str, float]:
 
 def script_names() -> dict[str, str]:
     names = {hashlib.sha1(src.encode()).hexdigest(): name for name, src in sources().items()}
-    from supervisor.broker.redis import history
+    from supervisor.broker.redis.scripts import HOLD_LOCK
 
-    names[hashlib.sha1(history._LOCK.encode()).hexdigest()] = "history lock"
+    names[hashlib.sha1(HOLD_LOCK.encode()).hexdigest()] = "lock (history writer, exporter)"
     return names
 
 

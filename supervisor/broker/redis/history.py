@@ -30,20 +30,11 @@ from supervisor.broker.embedded.tasktable import TaskTable, snapshot
 from supervisor.broker.records import TaskRecord
 from supervisor.broker.redis import codec
 from supervisor.broker.redis.keys import Keys
+from supervisor.broker.redis.scripts import HOLD_LOCK
 from supervisor.registry import DEFAULT_QUEUE
 
 GROUP = "history"
 _log = logger.bind(component="history")
-
-# Take or keep the writer's lock: SET NX, or PEXPIRE when we hold it already. Returns 1 if held.
-_LOCK = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
 
 
 # Bring forward the forget time of finished records (only those still finished: a live record
@@ -122,7 +113,7 @@ class HistoryWriter:
         self.on_error = on_error
         self.stream = keys.name("events")
         self.lock_key = f"{keys.tag}:history"
-        self._lock = client.register_script(_LOCK)
+        self._lock = client.register_script(HOLD_LOCK)
         self._group_ready = False
         self._lead_until = 0.0  # time.monotonic() until which our writer's lock holds
         self._claim_due = True  # look for entries a departed writer left pending

@@ -28,6 +28,7 @@ from typing import Any
 
 from supervisor.broker.redis import codec
 from supervisor.broker.redis.broker import RedisBroker
+from supervisor.broker.redis.scripts import HOLD_LOCK
 
 FORGET_AFTER_S = 3600.0  # a node silent this long is forgotten (no more "stale" series)
 EXPORTER_TTL_S = 10.0  # the exporter's role outlives its last renewal by this much
@@ -40,15 +41,6 @@ local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f %s', ms, ARGV[2]))
 return 1
-"""
-# Take or keep the role: SET NX PX, or PEXPIRE when we hold it. 1 when held.
-_TAKE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
 """
 # Give the role up if we hold it.
 _RESIGN = """
@@ -93,7 +85,7 @@ class NodeBroker(RedisBroker):
         self._exporter_key = f"{tag}:metrics_exporter"
         self._cluster_counts_key = f"{tag}:cluster_counts"
         self._mark = self._client.register_script(_MARK)
-        self._take = self._client.register_script(_TAKE)
+        self._take = self._client.register_script(HOLD_LOCK)
         self._resign = self._client.register_script(_RESIGN)
         self._exporter_until = 0.0  # monotonic: the role is ours before this
 

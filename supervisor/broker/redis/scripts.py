@@ -26,6 +26,18 @@ TASK_SCRIPTS = (
 )
 
 
+# Take or keep a lock held under a key (the history writer's, the metrics exporter's role):
+# SET NX PX, or PEXPIRE when ARGV[1] holds it already. Returns 1 when held.
+HOLD_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 def _source(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
