@@ -5,7 +5,10 @@ Every state change is one Lua script call (``lua/``), so it is atomic and costs 
 trip: a push (or a whole ``push_many``), a report together with taking the next task, a cancel.
 Ready tasks sit in one sorted set per named queue scored by ``(10 - priority) * 2**40 + seq``:
 strict priority, FIFO within a priority, global across nodes and across the queues a consumer
-takes from (the take script compares the heads of those sets). Delayed tasks wait in a sorted
+takes from (the take script compares the heads of those sets). A consumer that finds nothing
+is parked and waits on its own mailbox (BLPOP); the script that makes a task ready takes it for
+the longest-parked consumer of its queue and puts it in that mailbox, so an idle worker gets a
+pushed task in the push's own round trip, without a second take. Delayed tasks wait in a sorted
 set by eta, in Redis, and come due inside the scripts. Records, params and results are hashes
 by task id.
 
@@ -44,8 +47,12 @@ from supervisor.broker.validate import check_queues
 from supervisor.errors import DuplicateTaskId, TaskError, UnknownTaskType
 from supervisor.registry import DEFAULT_QUEUE, PRIORITY_MAX, PRIORITY_MIN, TaskOptions
 
-MAX_BLOCK_S = 1.0  # longest BLPOP on the wake list: a lost wake-up costs at most this
+MAX_BLOCK_S = 1.0  # longest BLPOP on a mailbox: then the consumer takes (and parks) again
 MIN_BLOCK_S = 0.01
+# A parked consumer stays parked this much past its wait, so it is parked for the whole of its
+# BLPOP even when the round trip is slow; a consumer that died parked is handed a task (then
+# recovered by its lease) for at most its wait and this long.
+PARK_SLACK_S = 0.5
 OFF = -math.inf  # "next eta" of a take refused because dispatching is off
 
 log = logger.bind(component="broker")
@@ -203,20 +210,18 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
     def _queues_for(self, queues: Queues) -> tuple[str, ...] | None:
         return self._queues if queues is None else check_queues(queues)
 
-    def _wake_keys(self, queues: tuple[str, ...] | None) -> list[str]:
-        if queues is None:
-            return [self._keys.wake]
-        return [self._keys.wake_of(q) for q in queues]
-
     def _exchange_once(
         self,
         consumer: str,
         report: Report | None,
         want: bool,
         queues: tuple[str, ...] | None = None,
+        park_s: float = 0.0,
     ) -> tuple[bool, dict[str, Any] | None, float | None]:
         """One script call: (report refused?, the message taken, the next delayed eta in
-        seconds). The eta is :data:`OFF` while this node's dispatching is off."""
+        seconds). The eta is :data:`OFF` while this node's dispatching is off. With
+        ``park_s`` > 0, a consumer that finds nothing is parked that long plus
+        :data:`PARK_SLACK_S`: a task made ready meanwhile is taken for it into its mailbox."""
         now = self._clock()
         qc = self._qc(consumer)
         lease_ms, lease_by_type = self._lease_for(consumer)
@@ -224,6 +229,7 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         args += self._report_args(consumer, report, now)
         args.append(lease_by_type)
         args.append("" if queues is None else codec.SEP.join(queues))
+        args.append(round((park_s + PARK_SLACK_S) * 1000) if park_s > 0 else 0)
         res = self._run("exchange", args, now)
         lost = bool(int(res[0]))
         if lost and report is not None:
@@ -245,46 +251,55 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         nxt = codec.text(res[2]) if len(res) > 2 else ""
         return lost, None, (float(nxt) / 1000.0 if nxt else None)
 
+    def _block_s(self, deadline: float | None) -> float:
+        """How long the next wait on the mailbox lasts (0: the wait is over)."""
+        if deadline is None:
+            return MAX_BLOCK_S
+        return max(0.0, min(MAX_BLOCK_S, deadline - time.monotonic()))
+
     def _wait_and_take(
         self,
         consumer: str,
-        wait_s: float | None,
+        deadline: float | None,
         queues: tuple[str, ...] | None,
-        found_none: tuple[float | None] | None = None,
+        parked: tuple[float | None] | None = None,
     ) -> dict[str, Any] | None:
-        """Take, else wait on the wake lists and take again, until ``wait_s``. ``found_none``
-        (the next eta) says a take just found nothing: block at once rather than take again
-        (a push since then left a token in the list, so no wake-up is lost)."""
-        deadline = None if wait_s is None else time.monotonic() + max(0.0, wait_s)
-        wake = self._wake_keys(queues)
+        """Take, else wait parked on the consumer's mailbox, until ``deadline`` (monotonic;
+        None: until a task comes). ``parked`` (the next eta) says the caller's take just found
+        nothing and parked the consumer. Every wait ends with a take that does not park, so a
+        task taken for the consumer after its mailbox wait timed out is handed over then."""
+        box = self._keys.box(self._qc(consumer))
         while True:
-            if found_none is not None:
-                next_eta = found_none[0]
-                found_none = None
+            if parked is not None:
+                next_eta, block = parked[0], self._block_s(deadline)
+                parked = None
             else:
-                _, msg, next_eta = self._exchange_once(consumer, None, True, queues)
+                block = self._block_s(deadline)
+                _, msg, next_eta = self._exchange_once(
+                    consumer, None, True, queues, park_s=block if block >= MIN_BLOCK_S else 0.0
+                )
                 if msg is not None:
                     return msg
-                if next_eta == OFF:
+                if next_eta == OFF or block < MIN_BLOCK_S:
                     return None
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            block = MAX_BLOCK_S if remaining is None else min(MAX_BLOCK_S, remaining)
             if next_eta is not None:
                 block = min(block, max(0.0, next_eta - self._clock()))
             with self._guard():
-                self._client.blpop(wake, timeout=max(MIN_BLOCK_S, block))
+                got = self._client.blpop([box], timeout=max(MIN_BLOCK_S, block))
+            if got is not None and got[1]:
+                raw = got[1]
+                return codec.delivery(raw if isinstance(raw, bytes) else raw.encode())
 
     def pop(
         self, consumer: str, wait_s: float | None = 0.0, queues: Queues = None
     ) -> dict[str, Any] | None:
         """Hand the highest-priority ready task of ``queues`` (None: this handle's, else every
         queue) to ``consumer`` (attempt counted, lease set), waiting up to ``wait_s`` (None:
-        until one comes) on the queues' wake lists, never polling faster than the pushes. None
+        until one comes) parked on its mailbox, never polling faster than the pushes. None
         on timeout or while this node's dispatching is off; TaskError when ``consumer`` still
         holds a task it has not reported."""
-        return self._wait_and_take(consumer, wait_s, self._queues_for(queues))
+        wanted = self._queues_for(queues)
+        return self._wait_and_take(consumer, self._deadline(wait_s), wanted)
 
     def report_strict(self, consumer: str, report: Report) -> None:
         """:meth:`report`, but raises :class:`LeaseLost` when it was refused."""
@@ -307,23 +322,22 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         record first); waits like :meth:`pop` when nothing is ready. A refused report (lease
         lost) changes nothing, and the next task is still handed out."""
         wanted = self._queues_for(queues)
-        _, msg, next_eta = self._exchange_once(consumer, report, True, wanted)
-        if msg is not None or next_eta == OFF or (wait_s is not None and wait_s <= 0):
+        deadline = self._deadline(wait_s)
+        block = self._block_s(deadline)
+        park_s = block if block >= MIN_BLOCK_S else 0.0
+        _, msg, next_eta = self._exchange_once(consumer, report, True, wanted, park_s)
+        if msg is not None or next_eta == OFF or not park_s:
             return msg
-        return self._wait_and_take(consumer, wait_s, wanted, (next_eta,))
+        return self._wait_and_take(consumer, deadline, wanted, (next_eta,))
+
+    @staticmethod
+    def _deadline(wait_s: float | None) -> float | None:
+        return None if wait_s is None else time.monotonic() + max(0.0, wait_s)
 
     def set_dispatching(self, on: bool) -> None:
         """Stop (or resume) handing out tasks on this node; waiting pops return None soon
-        (they are woken at once)."""
-        with self._guard():
-            queues = [] if on else [codec.text(q) for q in self._client.smembers(self._keys.queues)]
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hset(self._keys.dispatch, self._node, "1" if on else "0")
-            if not on:
-                for key in [self._keys.wake, *(self._keys.wake_of(q) for q in queues)]:
-                    pipe.lpush(key, *["1"] * 16)
-                    pipe.ltrim(key, 0, 63)
-            pipe.execute()
+        (their mailboxes get a wake-up at once)."""
+        self._run("dispatch", ["1" if on else "0"])
 
     def dispatching(self) -> bool:
         """Whether this node hands out tasks (see :meth:`set_dispatching`)."""

@@ -140,6 +140,14 @@ def message(rec: dict[str, Any], params: bytes) -> dict[str, Any]:
     }
 
 
+def delivery(data: bytes) -> dict[str, Any]:
+    """The message of a task taken for a parked consumer, from its mailbox:
+    ``b"<length of the record json>\x1f<record json><params>"`` (see lua/common.lua)."""
+    head, _, rest = data.partition(SEP.encode())
+    n = int(head)
+    return message(decode_raw(rest[:n]), rest[n:])
+
+
 def encode_result(value: Any) -> str:
     """A succeeded task's result as JSON (what is not JSON-able is kept as its ``repr``)."""
     try:

@@ -1,9 +1,10 @@
 """Key names of one Redis broker: everything under ``{<prefix>}:`` (one Cluster hash slot).
 
 Fixed names only, no key per task (the public store's values aside). The task scripts get the
-keys listed here in KEYS; the two kinds of key per named queue, its ready set
-``{p}:ready:<queue>`` and its wake list ``{p}:wake:<queue>``, are named inside the scripts from
-the same ``{p}`` hash tag (so they sit in the same Cluster slot) and the queue's name.
+keys listed here in KEYS; the keys per named queue, its ready set ``{p}:ready:<queue>`` and its
+parked consumers ``{p}:parkq:<queue>`` (``{p}:parkq:*``: those of every queue), and each
+consumer's mailbox ``{p}:box:<node>/<consumer>``, are named inside the scripts from the same
+``{p}`` hash tag (so they sit in the same Cluster slot).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ TASK_KEY_NAMES = (
     "params",  # HASH id -> pickled params (bytes)
     "result",  # HASH id -> result JSON
     "queues",  # SET of named queues that ever had a task ({p}:ready:<q> ZSET id -> score:
-    # (10 - priority) * 2**40 + seq; {p}:wake:<q> LIST of wake-up tokens)
+    # (10 - priority) * 2**40 + seq; {p}:parkq:<q> ZSET consumer -> parked until ms)
     "delayed",  # ZSET id -> eta ms (scheduled and retrying tasks)
     "uniq",  # HASH unique key -> id of the live task holding it
     "counts",  # HASH "event\x1ftype\x1fstatus" -> cumulative count
@@ -29,7 +30,7 @@ TASK_KEY_NAMES = (
     "owner",  # HASH id -> "<node>/<consumer>|<attempt>" (the fencing token)
     "held",  # HASH "<node>/<consumer>" -> id
     "seq",  # STRING counter
-    "wake",  # LIST of wake-up tokens for idle consumers of every queue (bounded)
+    "parked",  # HASH "<node>/<consumer>" -> JSON of a parked consumer's take (queues, lease)
     "events",  # STREAM: the history outbox
     "cancel",  # HASH id -> cancel requested at (running tasks only)
     "dispatch",  # HASH node -> "1" / "0"
@@ -61,9 +62,10 @@ class Keys:
         """The ready set of a named queue."""
         return f"{self.tag}:ready:{queue}"
 
-    def wake_of(self, queue: str) -> str:
-        """The wake list of a named queue's idle consumers."""
-        return f"{self.tag}:wake:{queue}"
+    def box(self, qc: str) -> str:
+        """The mailbox (LIST) of a parked consumer ``<node>/<consumer>``: a task taken for it,
+        or an empty wake-up."""
+        return f"{self.tag}:box:{qc}"
 
     def task_keys(self, node: str) -> list[str]:
         """KEYS of every task script, in the order of :data:`TASK_KEY_NAMES`, then ``node``'s

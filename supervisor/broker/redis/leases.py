@@ -5,7 +5,9 @@ A handed-out task has a lease deadline (Redis TIME) in ``{p}:lease`` and an owne
 tasks every few seconds (:meth:`renew`), so a handler that hogs its CPU cannot starve them; a
 node that dies or is cut off stops renewing, and after the lease any node's :meth:`recover`
 fails the attempt as ``worker_lost`` (retried with backoff, or dead). The attempt was counted
-when the task was handed out, so a task that kills its node cannot loop forever.
+when the task was handed out, so a task that kills its node cannot loop forever. A task taken for
+a parked consumer that never received it (still in its mailbox: its node died while it waited)
+goes back to its place instead, the attempt not counted.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ class LeaseMixin(Core):
         with self._guard():
             task_id = self._client.hget(self._keys.held, qc)
             blob = task_id and self._client.hget(self._keys.task, task_id)
-        if not task_id or not blob:
+        if not task_id or not blob:  # holds nothing: only no longer parked (see fail.lua)
+            self._run("fail", ["release", 1, qc, "", "0", reason, "", "", "", "dead", ""])
             return None
         now = self._clock()
         rec = codec.decode_raw(blob)

@@ -23,6 +23,7 @@ TASK_SCRIPTS = (
     "maintain",
     "purge",
     "stats",
+    "dispatch",
 )
 
 

@@ -2,17 +2,20 @@
 -- (see keys.py TASK_KEYS); ARGV[1..6] is the header below, a script's own arguments follow.
 local K_TASK, K_PARAMS, K_RESULT, K_QUEUES, K_DELAYED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_UNIQ, K_COUNTS, K_NSTATUS, K_DONE, K_EXPIRE = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_LEASE, K_OWNER, K_HELD, K_SEQ, K_WAKE = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local K_LEASE, K_OWNER, K_HELD, K_SEQ, K_PARKED = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local K_EVENTS, K_CANCEL, K_DISPATCH, K_KVIDX = KEYS[16], KEYS[17], KEYS[18], KEYS[19]
 local K_ROUTES = KEYS[20]
 local K_OBS = KEYS[21] -- this node's observations for its metrics (bounded list)
 
--- The keys of a named queue: its ready set and its idle consumers' wake list, in the hash
--- tag of every other key (K_TASK is '{prefix}:task').
+-- Keys named from the hash tag of every other key (K_TASK is '{prefix}:task'): a named
+-- queue's ready set, the parked consumers of a queue ('*': of every queue; a queue name has
+-- no '*'), and a consumer's mailbox.
 local TAG = string.sub(K_TASK, 1, -6)
 local DEFAULT_QUEUE = 'default'
+local ALL = '*'
 local function ready_key(q) return TAG .. ':ready:' .. q end
-local function wake_key(q) return TAG .. ':wake:' .. q end
+local function parkq_key(q) return TAG .. ':parkq:' .. q end
+local function box_key(qc) return TAG .. ':box:' .. qc end
 
 -- Times in records are strings of epoch seconds made by the caller's clock (cjson keeps only
 -- 14 digits of a number); zset scores are milliseconds.
@@ -29,7 +32,7 @@ local A0 = 6 -- a script's own arguments start at ARGV[A0 + 1]
 local NULL = cjson.null
 local BAND = 1099511627776 -- 2^40: ready score = (10 - priority) * BAND + seq
 local SEP = '\31'
-local WAKE_MAX = 64
+local BOX_TTL_MS = 86400000 -- an unread mailbox (its consumer died) goes away
 local PROMOTE_BATCH = 100
 
 local function isnull(v) return v == nil or v == NULL end
@@ -88,27 +91,10 @@ local function ready_score(rec)
   return string.format('%.0f', (10 - rec.priority) * BAND + rec.seq)
 end
 
-local function push_tokens(key, n)
-  if n > WAKE_MAX then n = WAKE_MAX end
-  local tokens = {}
-  for i = 1, n do tokens[i] = '1' end
-  redis.call('LPUSH', key, unpack(tokens))
-  redis.call('LTRIM', key, 0, WAKE_MAX - 1)
-end
-
--- Tasks made ready by this call, by queue: one wake-up each for the consumers of that queue
--- and for those of every queue, sent by flush_wakes() before the script returns.
+-- Tasks made ready by this call, by queue: flush_wakes() hands them to parked consumers
+-- before the script returns.
 local PENDING_WAKES = {}
 local KNOWN_QUEUES = {} -- queues this call added to K_QUEUES already
-local function flush_wakes()
-  local total = 0
-  for q, n in pairs(PENDING_WAKES) do
-    push_tokens(wake_key(q), n)
-    total = total + n
-  end
-  if total > 0 then push_tokens(K_WAKE, total) end
-  PENDING_WAKES = {}
-end
 
 local function made_ready(rec)
   local q = queue_of(rec)
@@ -248,9 +234,151 @@ local function promote(limit)
       n = n + 1
     end
   end
-  flush_wakes()
   return n
 end
+
+-- The ready sets a consumer takes from: its queues (names joined by SEP), or every queue ('').
+local function sets_of(queues)
+  local sets = {}
+  if queues == '' then
+    for _, q in ipairs(redis.call('SMEMBERS', K_QUEUES)) do sets[#sets + 1] = ready_key(q) end
+  else
+    for q in string.gmatch(queues, '[^' .. SEP .. ']+') do sets[#sets + 1] = ready_key(q) end
+  end
+  return sets
+end
+
+-- Pop the next task across sets: the lowest score (highest priority, then first pushed).
+local function pop_best(sets)
+  if #sets == 1 then
+    local top = redis.call('ZPOPMIN', sets[1])
+    return top[1]
+  end
+  local best_key, best_id, best_score = nil, nil, nil
+  for _, key in ipairs(sets) do
+    local top = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #top > 0 then
+      local score = tonumber(top[2])
+      if best_score == nil or score < best_score then
+        best_key, best_id, best_score = key, top[1], score
+      end
+    end
+  end
+  if best_key then redis.call('ZREM', best_key, best_id) end
+  return best_id
+end
+
+-- Hand the best ready task of sets to consumer qc (attempt counted, lease and fencing token
+-- set). Returns its id, record json and params, or nil when nothing is ready there.
+local function take(qc, consumer, sets, lease_ms, lease_by_type)
+  while true do
+    local tid = pop_best(sets)
+    if not tid then return nil end
+    local rec = load(tid)
+    if rec and rec.status == 'queued' then
+      set_status(rec, 'running')
+      rec.attempts = rec.attempts + 1
+      rec.started_at = NOW
+      rec.consumer = consumer
+      rec.node = string.match(qc, '^[^/]*')
+      local ms = lease_ms
+      if lease_by_type and lease_by_type[rec.type] then ms = tonumber(lease_by_type[rec.type]) end
+      local deadline = redis_ms() + ms
+      rec.lease_until = string.format('%.3f', deadline / 1000)
+      redis.call('ZADD', K_LEASE, deadline, tid)
+      redis.call('HSET', K_OWNER, tid, qc .. '|' .. tostring(rec.attempts))
+      redis.call('HSET', K_HELD, qc, tid)
+      counter('started', rec.type, '')
+      local wait_s = 0
+      if not isnull(rec.ready_at) then wait_s = math.max(0, NOW_N - tonumber(rec.ready_at)) end
+      observe('started', rec.type, '', string.format('%.6f', wait_s))
+      local blob = save(rec)
+      event(rec)
+      return tid, blob, redis.call('HGET', K_PARAMS, tid) or ''
+    end
+  end
+end
+
+-- Parked consumers: a consumer that found nothing and waits on its mailbox (BLPOP) is parked
+-- until a deadline (Redis TIME ms, a little past its wait): K_PARKED holds what a take for it
+-- needs, and parkq:<queue> (or parkq:* for a consumer of every queue) its deadline. A task
+-- made ready goes straight to the mailbox of a parked consumer of its queue, taken for it
+-- here: no wake-up and second take, and the same task its own take would have got now.
+local function park_queues(info)
+  if info.q == '' then return {ALL} end
+  local out = {}
+  for q in string.gmatch(info.q, '[^' .. SEP .. ']+') do out[#out + 1] = q end
+  return out
+end
+
+local function unpark(qc, blob)
+  local info = cjson.decode(blob)
+  for _, q in ipairs(park_queues(info)) do redis.call('ZREM', parkq_key(q), qc) end
+  redis.call('HDEL', K_PARKED, qc)
+end
+
+local function park(qc, consumer, queues, lease_ms, lease_by_type, until_ms)
+  local info = {c = consumer, q = queues, l = lease_ms, t = lease_by_type}
+  redis.call('HSET', K_PARKED, qc, cjson.encode(info))
+  for _, q in ipairs(park_queues(info)) do redis.call('ZADD', parkq_key(q), until_ms, qc) end
+  redis.call('DEL', box_key(qc)) -- stale wake-ups (a consumer parks holding nothing)
+end
+
+-- The parked consumer of queue q (or of every queue) with the earliest deadline still ahead;
+-- those past it (dead, frozen, or gone without a word) are dropped on the way.
+local function parked_for(q, now_ms)
+  local best_qc, best_until = nil, nil
+  for _, key in ipairs({parkq_key(q), parkq_key(ALL)}) do
+    while true do
+      local top = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if #top == 0 then break end
+      local until_ms = tonumber(top[2])
+      if until_ms > now_ms then
+        if best_until == nil or until_ms < best_until then best_qc, best_until = top[1], until_ms end
+        break
+      end
+      local blob = redis.call('HGET', K_PARKED, top[1])
+      if blob then unpark(top[1], blob) else redis.call('ZREM', key, top[1]) end
+    end
+  end
+  return best_qc
+end
+
+-- What a mailbox receives: '' (wake up, take again) or a task taken for its consumer:
+-- "<length of the record json>\31<record json><params>".
+local function delivery(blob, params)
+  return tostring(#blob) .. SEP .. blob .. params
+end
+
+-- A task taken for qc while it was parked and never received (its mailbox still holds the
+-- delivery: its wait ended first, or it died parked) is dropped from the mailbox: true then.
+local function undelivered(qc)
+  return redis.call('DEL', box_key(qc)) == 1
+end
+
+-- Hand the tasks this call made ready to parked consumers of their queues, while both last.
+local function flush_wakes()
+  local now_ms = nil
+  for q, n in pairs(PENDING_WAKES) do
+    for _ = 1, n do
+      now_ms = now_ms or redis_ms()
+      local qc = parked_for(q, now_ms)
+      if not qc then break end
+      local blob = redis.call('HGET', K_PARKED, qc)
+      local info = cjson.decode(blob)
+      local lbt = nil
+      if info.t ~= '' then lbt = cjson.decode(info.t) end
+      local tid, rec_blob, params = take(qc, info.c, sets_of(info.q), tonumber(info.l), lbt)
+      if not tid then break end -- nothing ready in q (nor in the consumer's other queues)
+      unpark(qc, blob)
+      local box = box_key(qc)
+      redis.call('LPUSH', box, delivery(rec_blob, params))
+      redis.call('PEXPIRE', box, BOX_TTL_MS)
+    end
+  end
+  PENDING_WAKES = {}
+end
+
 
 -- The token that fences a held task: qualified consumer and attempt.
 local function token(qc, attempt) return qc .. '|' .. tostring(attempt) end

@@ -1,7 +1,9 @@
 -- fail(mode, n, [qc, id, attempt, reason, error, traceback, exit_status, fate, eta] * n):
 -- end held attempts without success. mode 'release': the consumer qc is gone (fenced like a
--- report). mode 'recover': the lease expired (re-checked here against Redis TIME and the
--- owner token; the consumer's stale hold stays, so renew can tell it the lease was lost).
+-- report; also no longer parked). mode 'recover': the lease expired (re-checked here against
+-- Redis TIME and the owner token; the consumer's stale hold stays, so renew can tell it the
+-- lease was lost). In both, a task taken for a parked qc that never received it (still in its
+-- mailbox) goes back to its place with the attempt not counted: it never started.
 -- Returns the ids that were failed.
 local mode, n = ARGV[A0 + 1], tonumber(ARGV[A0 + 2])
 local now_ms = redis_ms()
@@ -10,7 +12,10 @@ for i = 1, n do
   local b = A0 + 3 + (i - 1) * 9
   local qc, id, attempt = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local rec = nil
+  local reason = ARGV[b + 3]
   if mode == 'release' then
+    local parked = redis.call('HGET', K_PARKED, qc)
+    if parked then unpark(qc, parked) end -- gone: nothing more is handed to it
     rec = fenced(qc, id, attempt)
     if rec then redis.call('HDEL', K_HELD, qc) end
   else
@@ -22,7 +27,8 @@ for i = 1, n do
     end
   end
   if rec then
-    fail(rec, ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8])
+    if undelivered(qc) then reason = 'shutdown' end
+    fail(rec, reason, ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8])
     out[#out + 1] = id
   end
 end

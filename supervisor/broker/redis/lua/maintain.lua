@@ -3,6 +3,7 @@
 -- Returns {promoted, records expired, keys expired}.
 local limit = tonumber(ARGV[A0 + 1])
 local promoted = promote(limit)
+flush_wakes()
 if ARGV[A0 + 2] ~= '1' then return {promoted, 0, 0} end
 local old = redis.call('ZRANGEBYSCORE', K_EXPIRE, '-inf', NOW_MS, 'LIMIT', 0, limit)
 for _, id in ipairs(old) do forget(id) end

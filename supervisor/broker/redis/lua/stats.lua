@@ -3,6 +3,7 @@
 -- a queue, ...; running; dispatching flag; store keys; by status flat; counters flat; ready
 -- by queue flat}.
 promote(PROMOTE_BATCH)
+flush_wakes()
 local queues = redis.call('SMEMBERS', K_QUEUES)
 local prios = {}
 for p = 0, 10 do
