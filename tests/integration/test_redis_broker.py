@@ -444,6 +444,25 @@ def test_retry_task_requeues_a_dead_task(make: Callable[..., RedisBroker]) -> No
     assert b.get_queue_stats() == {"succeeded": 1}
 
 
+def test_a_retried_dead_task_is_not_forgotten_with_its_first_life(
+    make: Callable[..., RedisBroker], clock: FakeClock
+) -> None:
+    """Its first finish gave it a retention and a place among the capped finished records;
+    queued again, neither may forget it while it lives."""
+    opts = TaskOptions(**{**RETRY_OPTS, "max_retries": 0})
+    b = make(task_types={"t": opts}, failure_ttl_s=10, finished_records=1)
+    tid = b.push(msg())
+    b.pop(W1)
+    b.report(W1, (tid, "failed", {"error": "first life"}))
+    assert b.retry_task(tid) is True
+    other = b.push(msg(priority=10))
+    ok(b, W1, b.pop(W1))  # type: ignore[arg-type]  # the cap of one finished record: other
+    clock.advance(11)
+    assert b.maintain()["records_expired"] == 0
+    assert b.get_task(other)["status"] == base.SUCCEEDED  # type: ignore[index]
+    assert b.get_task(tid)["status"] == base.QUEUED  # type: ignore[index]
+
+
 # -- unique keys ---------------------------------------------------------------------------------
 def test_unique_key_dedupes_live_tasks_only(broker: RedisBroker) -> None:
     first = broker.push(msg(unique_key="k"))
@@ -604,6 +623,7 @@ def test_cancel_queued_delayed_and_running(
     rec = b.get_task(running)
     assert rec["status"] == base.CANCELLED and rec["cancel_requested_at"] is not None
     assert b.pending_cancels() == []
+    assert not b._client.hexists(b._keys.name("cancel"), running)  # its flag went with it
     assert b.push(msg(unique_key="u")) != running  # the unique key was released
     assert b.retry_task(queued) is True
 

@@ -37,6 +37,8 @@ local PROMOTE_BATCH = 100
 
 local function isnull(v) return v == nil or v == NULL end
 
+local FINAL = {succeeded = true, dead = true, cancelled = true}
+
 local function active(status)
   return status == 'queued' or status == 'running' or status == 'scheduled'
     or status == 'retrying'
@@ -115,8 +117,10 @@ local function enqueue(rec, delayed_status, keep_seq)
   end
   if not keep_seq or isnull(rec.seq) then rec.seq = redis.call('INCR', K_SEQ) end
   if not isnull(rec.unique_key) then redis.call('HSET', K_UNIQ, rec.unique_key, rec.task_id) end
-  redis.call('ZREM', K_DONE, rec.task_id)
-  redis.call('ZREM', K_EXPIRE, rec.task_id)
+  if FINAL[rec.status] then -- a finished task queued again (retry): no longer retained
+    redis.call('ZREM', K_DONE, rec.task_id)
+    redis.call('ZREM', K_EXPIRE, rec.task_id)
+  end
   local ready = 0
   local eta = nil
   if not isnull(rec.eta) then eta = tonumber(rec.eta) end
@@ -155,10 +159,12 @@ local function finish(rec, status)
   if not isnull(rec.unique_key) and redis.call('HGET', K_UNIQ, rec.unique_key) == id then
     redis.call('HDEL', K_UNIQ, rec.unique_key)
   end
-  redis.call('ZREM', ready_key(queue_of(rec)), id)
-  redis.call('ZREM', K_DELAYED, id)
+  if rec.status ~= 'running' then -- a running task is in neither (take popped it)
+    redis.call('ZREM', ready_key(queue_of(rec)), id)
+    redis.call('ZREM', K_DELAYED, id)
+  end
   release_lease(id)
-  redis.call('HDEL', K_CANCEL, id)
+  if not isnull(rec.cancel_requested_at) then redis.call('HDEL', K_CANCEL, id) end
   if rec.status == 'running' and not isnull(rec.started_at) then -- run time of attempts that ran
     observe('finished', rec.type, status, string.format('%.6f', NOW_N - tonumber(rec.started_at)))
   end

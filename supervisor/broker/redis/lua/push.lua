@@ -6,9 +6,11 @@
 local check = ARGV[A0 + 1] == '1' and redis.call('HLEN', K_ROUTES) > 0
 local n = tonumber(ARGV[A0 + 2])
 local B = A0 + 1 -- the messages start at ARGV[B + 2]
+local reused = {} -- ids of finished records pushed again
 for i = 1, n do -- validate everything before the first write
   local old = load(ARGV[B + 2 + (i - 1) * 4])
   if old and active(old.status) then return {'dup', i, old.status} end
+  if old then reused[i] = true end
   if check then
     local ttype = cjson.decode(ARGV[B + 3 + (i - 1) * 4]).type
     if redis.call('HEXISTS', K_ROUTES, ttype) == 0 then
@@ -33,7 +35,7 @@ for i = 1, n do
   if holder then
     out[#out + 1] = holder
   else
-    if redis.call('HEXISTS', K_TASK, id) == 1 then forget(id) end -- a finished id reused
+    if reused[i] then forget(id) end -- a finished id pushed again
     local rec = cjson.decode(ARGV[base + 1])
     redis.call('HSET', K_PARAMS, id, ARGV[base + 2])
     enqueue(rec, 'scheduled', false)
