@@ -26,6 +26,15 @@ def redis_server_path() -> str | None:
     return shutil.which("redis-server")
 
 
+def require_redis_server() -> None:
+    """Skip without redis-server on a laptop; fail under CI (``CI`` set)."""
+    from tests.helpers import require_service
+
+    require_service(
+        redis_server_path() is not None, "redis-server is not installed (apt install redis-server)"
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

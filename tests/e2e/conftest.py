@@ -16,9 +16,9 @@ import pytest
 
 from supervisor import connect
 from supervisor.client.queue import Queue
-from tests.helpers import require_service, wait_until
+from tests.helpers import wait_until
 from tests.integration.test_schedule_backends import backend_url
-from tests.redisserver import RedisServer, redis_server_path
+from tests.redisserver import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -207,13 +207,9 @@ def gone(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A private redis-server for this test module (AOF, fsync always), on a free port."""
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server.url
-    server.stop()
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of this test module's private redis-server (AOF, fsync always)."""
+    return redis_server.url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,20 +20,11 @@ from supervisor.errors import BrokerError
 from supervisor.master.runfiles import RunFiles
 from supervisor.master.scoreboard import Scoreboard
 from supervisor.registry import TaskOptions
-from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, free_port, redis_server_path
+from tests.helpers import wait_until
+from tests.redisserver import RedisServer, free_port, require_redis_server
 
 pytestmark = pytest.mark.timeout(60)
 OPTS = TaskOptions(timeout_s=30.0, max_retries=2, backoff_base_s=0.0, backoff_cap_s=0.0)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def settings(tmp_path: Path, url: str, **kw: Any) -> Any:
@@ -73,8 +63,10 @@ def test_unreachable_redis_is_a_clear_error_naming_the_url(tmp_path: Path) -> No
     backend.stop()
 
 
-def test_the_node_process_writes_history_and_stops(server: RedisServer, tmp_path: Path) -> None:
-    s = settings(tmp_path, server.url, node_name="n1")
+def test_the_node_process_writes_history_and_stops(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    s = settings(tmp_path, redis_server.url, node_name="n1")
     backend = RedisBackend(s)
     broker = start(backend, tmp_path)
     try:
@@ -91,12 +83,14 @@ def test_the_node_process_writes_history_and_stops(server: RedisServer, tmp_path
 
 
 def test_tick_renews_this_nodes_leases_and_recovers_a_dead_nodes(
-    server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    s = settings(tmp_path, server.url, node_name="alive")
+    s = settings(tmp_path, redis_server.url, node_name="alive")
     alive = RedisBackend(s)
     broker = start(alive, tmp_path)
-    dead = RedisBackend(settings(tmp_path, server.url, node_name="dead", key_prefix=s.key_prefix))
+    dead = RedisBackend(
+        settings(tmp_path, redis_server.url, node_name="dead", key_prefix=s.key_prefix)
+    )
     dead._options = ({"t": OPTS}, OPTS)
     dead_broker = dead.make_broker()
     try:
@@ -126,7 +120,7 @@ def test_a_redis_that_may_lose_tasks_gets_a_loud_warning(tmp_path: Path) -> None
     refusal, so a developer's plain local Redis still works)."""
     from loguru import logger
 
-    require_service(redis_server_path() is not None, "redis-server is not installed")
+    require_redis_server()
     srv = RedisServer()
     srv.start()
     lines: list[str] = []
@@ -149,9 +143,9 @@ def test_a_redis_that_may_lose_tasks_gets_a_loud_warning(tmp_path: Path) -> None
 
 
 def test_the_history_connector_answers_for_tasks_that_left_redis(
-    server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    s = settings(tmp_path, server.url)
+    s = settings(tmp_path, redis_server.url)
     backend = RedisBackend(s)
     table = TaskTable(make_engine(s.database))
     table.migrate()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,33 +29,22 @@ from supervisor.broker import base
 from supervisor.broker.redis import RedisBroker
 from supervisor.broker.redis import broker as redis_broker
 from supervisor.registry import TaskOptions
-from tests.redisserver import RedisServer, redis_server_path
+from tests.helpers import wait_until
+from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
 
 W1, W2 = "worker:1", "worker:2"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required under CI (install redis-server)")
-        pytest.skip("redis-server not installed (apt install redis-server): Redis tests skipped")
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def make(server: RedisServer) -> Iterator[Callable[..., RedisBroker]]:
+def make(redis_server: RedisServer) -> Iterator[Callable[..., RedisBroker]]:
     """``make(**kw)``: a RedisBroker on this test's own prefix (node ``a`` unless given)."""
     prefix = f"h{uuid.uuid4().hex[:10]}"
     made: list[RedisBroker] = []
 
     def factory(**kw: Any) -> RedisBroker:
-        kw.setdefault("url", server.url)
+        kw.setdefault("url", redis_server.url)
         kw.setdefault("prefix", prefix)
         kw.setdefault("node", "a")
         kw.setdefault("rng", random.Random(0))
@@ -68,17 +56,6 @@ def make(server: RedisServer) -> Iterator[Callable[..., RedisBroker]]:
     yield factory
     for b in made:
         b.close()
-
-
-def wait_until(cond: Callable[[], Any], timeout_s: float = 5.0, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def park(b: RedisBroker, consumer: str, queues: list[str] | None = None) -> None:

@@ -18,23 +18,14 @@ from supervisor.broker.redis.history import HistoryWriter
 from supervisor.broker.redis.keys import Keys
 from supervisor.db import make_engine
 from supervisor.registry import TaskOptions
-from tests.helpers import require_service, wait_until
+from tests.helpers import wait_until
 from tests.integration.test_schedule_backends import backend_url
-from tests.redisserver import RedisServer, redis_server_path
+from tests.redisserver import RedisServer
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
 W = "worker:0:1"
 OPTS = TaskOptions(max_retries=1, backoff_base_s=1.0, backoff_cap_s=1.0, timeout_s=10.0)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -52,9 +43,11 @@ def prefix() -> str:
     return f"h{uuid.uuid4().hex[:10]}"
 
 
-def broker(server: RedisServer, prefix: str, clock: FakeClock, node: str = "a") -> RedisBroker:
+def broker(
+    redis_server: RedisServer, prefix: str, clock: FakeClock, node: str = "a"
+) -> RedisBroker:
     return RedisBroker(
-        url=server.url,
+        url=redis_server.url,
         prefix=prefix,
         node=node,
         clock=clock,
@@ -67,9 +60,11 @@ def writer(b: RedisBroker, prefix: str, table: TaskTable, node: str, **kw: Any) 
     return HistoryWriter(b._client, Keys(prefix), table, node=node, **kw)
 
 
-def test_every_change_reaches_the_table(server: RedisServer, prefix: str, table: TaskTable) -> None:
+def test_every_change_reaches_the_table(
+    redis_server: RedisServer, prefix: str, table: TaskTable
+) -> None:
     clock = FakeClock()
-    b = broker(server, prefix, clock)
+    b = broker(redis_server, prefix, clock)
     ok, bad, waiting = (b.push({"type": "t", "params": b"p", "task_id": i}) for i in "xyz")
     b.report(W, (b.pop(W)["task_id"], base.SUCCEEDED, {"n": 1}))
     b.report(W, (b.pop(W)["task_id"], "failed", {"reason": "error", "error": "boom"}))
@@ -88,10 +83,10 @@ def test_every_change_reaches_the_table(server: RedisServer, prefix: str, table:
 
 
 def test_one_writer_at_a_time_and_the_next_one_takes_over(
-    server: RedisServer, prefix: str, table: TaskTable
+    redis_server: RedisServer, prefix: str, table: TaskTable
 ) -> None:
     clock = FakeClock()
-    b = broker(server, prefix, clock)
+    b = broker(redis_server, prefix, clock)
     first = writer(b, prefix, table, "a", lock_s=0.3, claim_idle_s=0.2)
     second = writer(b, prefix, table, "b", lock_s=0.3, claim_idle_s=0.2)
     b.push({"type": "t", "params": b"", "task_id": "one"})
@@ -108,9 +103,9 @@ def test_one_writer_at_a_time_and_the_next_one_takes_over(
 
 
 def test_a_failed_upsert_keeps_the_entries_for_the_next_step(
-    server: RedisServer, prefix: str, table: TaskTable, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, prefix: str, table: TaskTable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    b = broker(server, prefix, FakeClock())
+    b = broker(redis_server, prefix, FakeClock())
     b.push({"type": "t", "params": b"", "task_id": "kept"})
     w = writer(b, prefix, table, "a")
 
@@ -126,10 +121,10 @@ def test_a_failed_upsert_keeps_the_entries_for_the_next_step(
 
 
 def test_finished_records_leave_redis_once_in_the_table_and_the_table_answers(
-    server: RedisServer, prefix: str, table: TaskTable
+    redis_server: RedisServer, prefix: str, table: TaskTable
 ) -> None:
     clock = FakeClock()
-    b = broker(server, prefix, clock)
+    b = broker(redis_server, prefix, clock)
     b._history = table  # what a node's handles get: the table answers for what left Redis
     done_id, live_id = (b.push({"type": "t", "params": b"p", "task_id": i}) for i in "dl")
     m = b.pop(W)
@@ -153,10 +148,10 @@ def test_finished_records_leave_redis_once_in_the_table_and_the_table_answers(
 
 
 def test_a_record_pushed_again_is_not_cut_short(
-    server: RedisServer, prefix: str, table: TaskTable
+    redis_server: RedisServer, prefix: str, table: TaskTable
 ) -> None:
     clock = FakeClock()
-    b = broker(server, prefix, clock)
+    b = broker(redis_server, prefix, clock)
     b.push({"type": "t", "params": b"p", "task_id": "again"})
     b.report(W, (b.pop(W)["task_id"], base.SUCCEEDED, None))
     b.push({"type": "t", "params": b"p", "task_id": "again"})  # a finished id, reused: live
