@@ -240,6 +240,26 @@ def micro(server: procs.BenchRedis, record_blob: bytes) -> None:
             times.append((time.perf_counter() - t0) * 1000)  # ms per 1000 = us per op
         print(f"  {label}: {statistics.median(times):.2f}")
     r.delete(*keys)
+    prelude(server)
+
+
+def prelude(server: procs.BenchRedis) -> None:
+    """What every task script call pays before its own work: the common part of the scripts
+    (keys, header, its local functions) against ``return 1`` with the same keys and header."""
+    r = server.client()
+    b = RedisBroker(url=server.url, prefix="pre", node="prof")
+    common = (ROOT / "supervisor" / "broker" / "redis" / "lua" / "common.lua").read_text()
+    header = [str(time.time()), "prof", 10000, 3600000, 3600000, 30000]
+    out = []
+    for label, src in (("return 1", "return 1"), ("the common prelude", common + "\nreturn 1")):
+        script = r.register_script(src)
+        r.config_resetstat()
+        for _ in range(3000):
+            script(keys=b._task_keys, args=header)
+        stat = r.info("commandstats").get("cmdstat_evalsha", {})
+        out.append(f"{label} {float(stat.get('usec_per_call', 0)):.1f} us")
+    print(f"  per script call with {len(b._task_keys)} KEYS and the header: " + ", ".join(out))
+    b.close()
 
 
 def edit(src: str, edits: tuple[tuple[str, str], ...]) -> str:
@@ -369,8 +389,23 @@ def client_costs(server: procs.BenchRedis, blob: bytes) -> None:
         raw.sendall(b"PING\r\n")
         raw.recv(64)
 
+    pusher = Queue(
+        RedisBroker(url=server.url, prefix="cp", node="prof", task_types={"noop": TaskOptions()})
+    )
+
+    def lpush() -> None:
+        r.lpush("{cp}:lpush", b"0123456789" * 10)
+
+    def push_task() -> None:
+        pusher.push_task({"type": "noop", "params": {}})
+
     print("\n=== client side (this process, alone):")
-    for label, fn in (("redis-py PING", r.ping), ("raw socket PING", raw_ping)):
+    for label, fn in (
+        ("redis-py PING", r.ping),
+        ("raw socket PING", raw_ping),
+        ("redis-py LPUSH of 100 bytes (Huey's push)", lpush),
+        ("our push_task, nobody waiting (its script included)", push_task),
+    ):
         fn()
         n = 3000
         u0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -383,6 +418,7 @@ def client_costs(server: procs.BenchRedis, blob: bytes) -> None:
               f"us, sys {(u1.ru_stime - u0.ru_stime) / n * 1e6:.0f} us, voluntary context "
               f"switches {(u1.ru_nvcsw - u0.ru_nvcsw) / n:.2f} per call")  # fmt: skip
     raw.close()
+    pusher.broker.close()
     b = RedisBroker(url=server.url, prefix="c", node="prof")
     conn = b._client.connection_pool.get_connection()
     args = ["EVALSHA", "x" * 40, len(b._task_keys), *b._task_keys,

@@ -47,7 +47,8 @@ def get(address: str, path: str) -> tuple[int, bytes]:
         with OPENER.open(f"http://{address}{path}", timeout=10) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:  # its response holds the socket: closed here, not whenever GC runs
+            return exc.code, exc.read()
 
 
 def scrape(address: str) -> Samples:

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -66,6 +67,10 @@ COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)(?!\s*bool)\s*(?=[0-9.])")
 METRIC = re.compile(r"\b(supervisor_[a-z0-9_]+|up)\b")
 
 
+class PrometheusError(Exception):
+    """Prometheus answered an API call with an HTTP error (status and body)."""
+
+
 class Prometheus:
     def __init__(self, base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.base = base
@@ -74,8 +79,13 @@ class Prometheus:
 
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.base}{path}?{urllib.parse.urlencode(params)}"
-        with OPENER.open(url, timeout=30) as resp:
-            doc = json.loads(resp.read())
+        try:
+            with OPENER.open(url, timeout=30) as resp:
+                doc = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:  # its response holds the socket: closed now, not whenever GC runs
+                body = exc.read().decode(errors="replace")[:300]
+            raise PrometheusError(f"{exc} {body}") from None
         assert doc["status"] == "success", doc
         return doc["data"]
 
@@ -87,8 +97,7 @@ class Prometheus:
         try:
             return self.query(expr), ""
         except Exception as exc:
-            body = getattr(exc, "read", lambda: b"")()
-            return None, f"{exc} {body.decode(errors='replace')[:300]}"
+            return None, str(exc)
 
 
 def free_port() -> int:
