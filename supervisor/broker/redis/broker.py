@@ -7,10 +7,10 @@ Ready tasks sit in one sorted set per named queue scored by ``(10 - priority) * 
 strict priority, FIFO within a priority, global across nodes and across the queues a consumer
 takes from (the take script compares the heads of those sets). A consumer that finds nothing
 is parked and waits on its own mailbox (BLPOP); the script that makes a task ready takes it for
-the longest-parked consumer of its queue and puts it in that mailbox, so an idle worker gets a
-pushed task in the push's own round trip, without a second take. Delayed tasks wait in a sorted
-set by eta, in Redis, and come due inside the scripts. Records, params and results are hashes
-by task id.
+the parked consumer of its queue whose wait ends first and puts it in that mailbox, so an idle
+worker gets a pushed task in the push's own round trip, without a second take. Delayed tasks
+wait in a sorted set by eta, in Redis, and come due inside the scripts. Records, params and
+results are hashes by task id.
 
 A handed-out task holds a lease (a deadline on Redis TIME) and an owner token
 ``<node>/<consumer>|<attempt>``. The node's master extends the leases of its workers with
