@@ -240,8 +240,7 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
             )
         kind = codec.text(res[1])
         if kind == "task":
-            rec = codec.decode_raw(res[3])
-            return lost, codec.message(rec, bytes(res[4])), None
+            return lost, codec.message_of(res[3], bytes(res[4])), None
         if kind == "held":
             raise TaskError(
                 f"consumer {consumer!r} still holds task {codec.text(res[2])!r}: report it first"
