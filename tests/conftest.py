@@ -3,7 +3,10 @@ library's manners); the tests are the application here, and read what it logs.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from loguru import logger
@@ -23,3 +26,23 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_redis_broker(redis_server: RedisServer) -> Iterator[Callable[..., Any]]:
+    """``make_redis_broker(**kw)``: a RedisBroker on the module's redis-server and this test's
+    own key prefix (node ``a``, a seeded rng, unless given); all closed after the test."""
+    from supervisor.broker.redis import RedisBroker
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    made: list[RedisBroker] = []
+
+    def factory(**kw: Any) -> RedisBroker:
+        kw = {"url": redis_server.url, "prefix": prefix, "node": "a", "rng": random.Random(0), **kw}
+        b = RedisBroker(**kw)
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        b.close()

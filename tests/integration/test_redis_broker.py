@@ -8,6 +8,7 @@ Redis TIME with leases of a fraction of a second and deadline polls.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,24 +57,11 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make(redis_server: RedisServer, clock: FakeClock) -> Iterator[Callable[..., RedisBroker]]:
+def make(
+    make_redis_broker: Callable[..., RedisBroker], clock: FakeClock
+) -> Callable[..., RedisBroker]:
     """``make(**kw)``: a RedisBroker on this test's own prefix (node ``a`` unless given)."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    made: list[RedisBroker] = []
-
-    def factory(**kw: Any) -> RedisBroker:
-        kw.setdefault("url", redis_server.url)
-        kw.setdefault("prefix", prefix)
-        kw.setdefault("node", "a")
-        kw.setdefault("clock", clock)
-        kw.setdefault("rng", random.Random(0))
-        b = RedisBroker(**kw)
-        made.append(b)
-        return b
-
-    yield factory
-    for b in made:
-        b.close()
+    return functools.partial(make_redis_broker, clock=clock)
 
 
 @pytest.fixture

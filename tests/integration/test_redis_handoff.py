@@ -9,11 +9,10 @@ deadlines use (a test moves a deadline into the past instead of waiting for it).
 
 from __future__ import annotations
 
+import functools
 import os
-import random
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,7 +29,6 @@ from supervisor.broker.redis import RedisBroker
 from supervisor.broker.redis import broker as redis_broker
 from supervisor.registry import TaskOptions
 from tests.helpers import wait_until
-from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,24 +36,10 @@ W1, W2 = "worker:1", "worker:2"
 
 
 @pytest.fixture
-def make(redis_server: RedisServer) -> Iterator[Callable[..., RedisBroker]]:
+def make(make_redis_broker: Callable[..., RedisBroker]) -> Callable[..., RedisBroker]:
     """``make(**kw)``: a RedisBroker on this test's own prefix (node ``a`` unless given)."""
-    prefix = f"h{uuid.uuid4().hex[:10]}"
-    made: list[RedisBroker] = []
-
-    def factory(**kw: Any) -> RedisBroker:
-        kw.setdefault("url", redis_server.url)
-        kw.setdefault("prefix", prefix)
-        kw.setdefault("node", "a")
-        kw.setdefault("rng", random.Random(0))
-        kw.setdefault("task_types", {"t": TaskOptions(max_retries=3, backoff_base_s=0.0)})
-        b = RedisBroker(**kw)
-        made.append(b)
-        return b
-
-    yield factory
-    for b in made:
-        b.close()
+    opts = {"t": TaskOptions(max_retries=3, backoff_base_s=0.0)}
+    return functools.partial(make_redis_broker, task_types=opts)
 
 
 def park(b: RedisBroker, consumer: str, queues: list[str] | None = None) -> None:

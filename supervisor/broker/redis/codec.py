@@ -144,18 +144,12 @@ def message_of(blob: bytes | str, params: bytes) -> dict[str, Any]:
     """:func:`message` straight from a stored record, decoding only what a message carries
     (a worker does this for every task; :func:`decode_raw` converts every time and error)."""
     rec: dict[str, Any] = json.loads(blob)
-    schedule_id, queue = rec.get("schedule_id"), rec.get("queue")
-    return {
-        "task_id": rec["task_id"],
-        "type": rec["type"],
-        "params": params,
-        "priority": rec["priority"],
-        "attempt": rec["attempts"],
-        "pushed_at": time_or_none(rec.get("pushed_at")),
-        "scheduled_at": time_or_none(rec.get("scheduled_at")),
-        "schedule_id": schedule_id if isinstance(schedule_id, str) else None,
-        "queue": queue if isinstance(queue, str) and queue else DEFAULT_QUEUE,
-    }
+    for name in ("pushed_at", "scheduled_at"):
+        rec[name] = time_or_none(rec.get(name))
+    for name in ("schedule_id", "queue"):
+        if not isinstance(rec.get(name), str):
+            rec[name] = None
+    return message(rec, params)
 
 
 def delivery(data: bytes) -> dict[str, Any]:
