@@ -251,10 +251,12 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         return lost, None, (float(nxt) / 1000.0 if nxt else None)
 
     def _block_s(self, deadline: float | None) -> float:
-        """How long the next wait on the mailbox lasts (0: the wait is over)."""
+        """How long the next wait on the mailbox lasts (0: the wait is over: too short to
+        block, so a take then does not park)."""
         if deadline is None:
             return MAX_BLOCK_S
-        return max(0.0, min(MAX_BLOCK_S, deadline - time.monotonic()))
+        left = min(MAX_BLOCK_S, deadline - time.monotonic())
+        return left if left >= MIN_BLOCK_S else 0.0
 
     def _wait_and_take(
         self,
@@ -274,12 +276,10 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
                 parked = None
             else:
                 block = self._block_s(deadline)
-                _, msg, next_eta = self._exchange_once(
-                    consumer, None, True, queues, park_s=block if block >= MIN_BLOCK_S else 0.0
-                )
+                _, msg, next_eta = self._exchange_once(consumer, None, True, queues, block)
                 if msg is not None:
                     return msg
-                if next_eta == OFF or block < MIN_BLOCK_S:
+                if next_eta == OFF or not block:
                     return None
             if next_eta is not None:
                 block = min(block, max(0.0, next_eta - self._clock()))
@@ -322,8 +322,7 @@ class RedisBroker(LeaseMixin, ControlMixin, StoreMixin, HubMixin, Broker):
         lost) changes nothing, and the next task is still handed out."""
         wanted = self._queues_for(queues)
         deadline = self._deadline(wait_s)
-        block = self._block_s(deadline)
-        park_s = block if block >= MIN_BLOCK_S else 0.0
+        park_s = self._block_s(deadline)
         _, msg, next_eta = self._exchange_once(consumer, report, True, wanted, park_s)
         if msg is not None or next_eta == OFF or not park_s:
             return msg

@@ -243,14 +243,21 @@ local function promote(limit)
   return n
 end
 
--- The ready sets a consumer takes from: its queues (names joined by SEP), or every queue ('').
+-- The token that fences a held task: qualified consumer and attempt.
+local function token(qc, attempt) return qc .. '|' .. tostring(attempt) end
+
+-- The names in a consumer's queues argument (joined by SEP; '' is every queue: none listed).
+local function split_queues(queues)
+  local out = {}
+  for q in string.gmatch(queues, '[^' .. SEP .. ']+') do out[#out + 1] = q end
+  return out
+end
+
+-- The ready sets a consumer takes from: its queues, or every queue ('').
 local function sets_of(queues)
+  local names = queues == '' and redis.call('SMEMBERS', K_QUEUES) or split_queues(queues)
   local sets = {}
-  if queues == '' then
-    for _, q in ipairs(redis.call('SMEMBERS', K_QUEUES)) do sets[#sets + 1] = ready_key(q) end
-  else
-    for q in string.gmatch(queues, '[^' .. SEP .. ']+') do sets[#sets + 1] = ready_key(q) end
-  end
+  for i, q in ipairs(names) do sets[i] = ready_key(q) end
   return sets
 end
 
@@ -292,7 +299,7 @@ local function take(qc, consumer, sets, lease_ms, lease_by_type)
       local deadline = redis_ms() + ms
       rec.lease_until = string.format('%.3f', deadline / 1000)
       redis.call('ZADD', K_LEASE, deadline, tid)
-      redis.call('HSET', K_OWNER, tid, qc .. '|' .. tostring(rec.attempts))
+      redis.call('HSET', K_OWNER, tid, token(qc, rec.attempts))
       redis.call('HSET', K_HELD, qc, tid)
       counter('started', rec.type, '')
       local wait_s = 0
@@ -312,15 +319,28 @@ end
 -- here: no wake-up and second take, and the same task its own take would have got now.
 local function park_queues(info)
   if info.q == '' then return {ALL} end
-  local out = {}
-  for q in string.gmatch(info.q, '[^' .. SEP .. ']+') do out[#out + 1] = q end
-  return out
+  return split_queues(info.q)
 end
 
 local function unpark(qc, blob)
   local info = cjson.decode(blob)
   for _, q in ipairs(park_queues(info)) do redis.call('ZREM', parkq_key(q), qc) end
   redis.call('HDEL', K_PARKED, qc)
+end
+
+-- qc no longer waits (it called, or it is gone): unpark it if it is parked; true if it was.
+local function leave(qc)
+  local blob = redis.call('HGET', K_PARKED, qc)
+  if not blob then return false end
+  unpark(qc, blob)
+  return true
+end
+
+-- Append item to qc's mailbox ('' wakes it; else a delivery, see below).
+local function send(qc, item)
+  local box = box_key(qc)
+  redis.call('LPUSH', box, item)
+  redis.call('PEXPIRE', box, BOX_TTL_MS)
 end
 
 local function park(qc, consumer, queues, lease_ms, lease_by_type, until_ms)
@@ -343,8 +363,7 @@ local function parked_for(q, now_ms)
         if best_until == nil or until_ms < best_until then best_qc, best_until = top[1], until_ms end
         break
       end
-      local blob = redis.call('HGET', K_PARKED, top[1])
-      if blob then unpark(top[1], blob) else redis.call('ZREM', key, top[1]) end
+      if not leave(top[1]) then redis.call('ZREM', key, top[1]) end
     end
   end
   return best_qc
@@ -377,17 +396,11 @@ local function flush_wakes()
       local tid, rec_blob, params = take(qc, info.c, sets_of(info.q), tonumber(info.l), lbt)
       if not tid then break end -- nothing ready in q (nor in the consumer's other queues)
       unpark(qc, blob)
-      local box = box_key(qc)
-      redis.call('LPUSH', box, delivery(rec_blob, params))
-      redis.call('PEXPIRE', box, BOX_TTL_MS)
+      send(qc, delivery(rec_blob, params))
     end
   end
   PENDING_WAKES = {}
 end
-
-
--- The token that fences a held task: qualified consumer and attempt.
-local function token(qc, attempt) return qc .. '|' .. tostring(attempt) end
 
 -- The running record qc holds as task id (attempt: '' for the current one), or nil when the
 -- lease was lost; a stale hold of qc is dropped then.

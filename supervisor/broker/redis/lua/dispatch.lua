@@ -9,8 +9,7 @@ if ARGV[A0 + 1] == '0' then
     local qc = flat[i]
     if string.sub(qc, 1, #mine) == mine then
       unpark(qc, flat[i + 1])
-      redis.call('LPUSH', box_key(qc), '')
-      redis.call('PEXPIRE', box_key(qc), BOX_TTL_MS)
+      send(qc, '')
     end
   end
 end

@@ -10,8 +10,7 @@ local qc, consumer, want = ARGV[A0 + 1], ARGV[A0 + 2], ARGV[A0 + 3]
 local lease_ms = tonumber(ARGV[A0 + 4])
 local outcome, id = ARGV[A0 + 5], ARGV[A0 + 6]
 local queues, park_ms = ARGV[A0 + 16], tonumber(ARGV[A0 + 17])
-local parked = redis.call('HGET', K_PARKED, qc)
-if parked then unpark(qc, parked) end -- it is here, so it no longer waits
+leave(qc) -- it is here, so it no longer waits
 local lost = 0
 if outcome ~= '' then
   local rec = fenced(qc, id, ARGV[A0 + 7])

@@ -14,8 +14,7 @@ for i = 1, n do
   local rec = nil
   local reason = ARGV[b + 3]
   if mode == 'release' then
-    local parked = redis.call('HGET', K_PARKED, qc)
-    if parked then unpark(qc, parked) end -- gone: nothing more is handed to it
+    leave(qc) -- gone: nothing more is handed to it
     rec = fenced(qc, id, attempt)
     if rec then redis.call('HDEL', K_HELD, qc) end
   else
