@@ -19,9 +19,12 @@ def wait_until(
     predicate: Callable[[], T],
     timeout_s: float = 10.0,
     interval_s: float = 0.02,
-    what: str = "condition",
+    what: str | Callable[[], str] = "condition",
 ) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline.
+
+    ``what`` names the wait in the failure; a callable is asked at the deadline, so the message
+    can say where things stood."""
     deadline = time.monotonic() + timeout_s
     last_exc: Exception | None = None
     while True:
@@ -33,7 +36,8 @@ def wait_until(
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}{detail}")
+            named = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {named}{detail}")
         time.sleep(interval_s)
 
 

@@ -199,18 +199,20 @@ class Ingestor:
         self.stats.held_since = min(sent)
         redelivered = {id(a) for a, i in accepted if batch[i][0].redelivered}
         pushed, dups, bad = self._accept(conn, [(a, id(a) in redelivered) for a, _ in accepted])
-        index = {id(a): i for a, i in accepted}  # the very objects _accept hands back
-        refused += [(batch[index[id(a)]], reason) for a, reason in bad]
-        for d, reason in refused:
-            self._dead_letter(ch, d, reason)
-        ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
+        # counted as soon as our broker has them: if the ack below is lost with the connection,
+        # the redelivery finds the tasks and counts as duplicates, so each task counts once
         now = self.clock()
         self.stats.held_since = None
         self.stats.ingested += len(pushed)
         self.stats.duplicates += len(dups)
-        self.stats.rejected += len(refused)
         for _, i in accepted:
             self.stats.lag.record(now - sent[i], now)
+        index = {id(a): i for a, i in accepted}  # the very objects _accept hands back
+        refused += [(batch[index[id(a)]], reason) for a, reason in bad]
+        for d, reason in refused:
+            self._dead_letter(ch, d, reason)
+            self.stats.rejected += 1
+        ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
         if dups:
             self.log.info(
                 "{} message(s) mapped to tasks the broker already has (acked, not pushed): {}",

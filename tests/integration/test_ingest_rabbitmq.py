@@ -226,7 +226,10 @@ def test_rabbitmq_lost_mid_stream_loses_nothing_and_makes_no_second_task(
         wait_until(
             lambda: run.counts()[0] == len(ids) and rabbit.count() == 0,
             30,
-            what="every message a task",
+            what=lambda: (
+                f"every message a task: (ingested, duplicates, rejected) {run.counts()}, "
+                f"{rabbit.count()} ready on RabbitMQ, broker {broker.get_queue_stats()}"
+            ),
         )
     finally:
         run.close()

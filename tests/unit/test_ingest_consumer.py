@@ -119,6 +119,22 @@ def test_a_redelivered_message_whose_task_exists_is_acked_not_pushed() -> None:
     assert rig.memory.get_queue_stats() == {"queued": 1}
 
 
+def test_a_push_whose_ack_was_lost_counts_once_then_its_redelivery_as_a_duplicate() -> None:
+    rig = Rig()
+
+    def lost(tag: int, multiple: bool = False) -> None:
+        raise pika.exceptions.StreamLostError("Transport indicated EOF")
+
+    rig.ch.basic_ack = lost  # type: ignore[method-assign]
+    with pytest.raises(pika.exceptions.StreamLostError):
+        rig.ingest(rig.message("a"), rig.message("b"))
+    assert rig.counts() == (2, 0, 0)  # our broker has both: they were ingested
+    rig.ch = FakeChannel()  # the new connection: RabbitMQ delivers both again
+    rig.ingest(rig.message("a", redelivered=True), rig.message("b", redelivered=True))
+    assert rig.counts() == (2, 2, 0)  # each task counted once as ingested
+    assert rig.memory.get_queue_stats() == {"queued": 2}
+
+
 def test_a_redelivery_of_a_finished_task_does_not_run_it_again() -> None:
     rig = Rig()
     rig.ingest(rig.message("a"))
