@@ -3,16 +3,14 @@ backoff, replaced on HUP when the URLs change, stopped first on shutdown.
 
 One child per URL (not one for all): a RabbitMQ that hangs or a queue in flood stalls only its
 own child, a crash restarts only that queue's consumer, and each child publishes its own status
-document. A child that dies is forked again after a growing delay (0.5 s doubling to 30 s,
-reset once it ran 10 s); RabbitMQ being down does not kill it (it retries inside), so a death
-here is a bug or an OOM kill, and what it held unacked went back to RabbitMQ with it.
+document. A child that dies is forked again after a growing delay (see
+:mod:`supervisor.master.respawn`); RabbitMQ being down does not kill it (it retries inside), so
+a death here is a bug or an OOM kill, and what it held unacked went back to RabbitMQ with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -22,13 +20,12 @@ from loguru import logger
 
 from supervisor import osutil
 from supervisor.ingest.url import IngestSpec, check_task_types, parse_ingest_urls
-from supervisor.policy import SlotBackoff
+from supervisor.master.respawn import RespawnedChild
 
 if TYPE_CHECKING:
     from supervisor.broker.backend import BrokerBackend
     from supervisor.config import Settings
 
-HEALTHY_AFTER_S = 10.0
 STOP_WAIT_S = 10.0  # a child finishes its batch and closes within about a second
 
 
@@ -57,7 +54,7 @@ def build_ingest(
     )
 
 
-class IngestChild:
+class IngestChild(RespawnedChild):
     """The handle of one ingest process (its spec, pid, backoff)."""
 
     def __init__(
@@ -67,46 +64,23 @@ class IngestChild:
         cap_s: float,
         kill: Callable[[int, int], None] = os.kill,
     ) -> None:
+        # make(spec) builds an IngestProcess (pre-fork: touches nothing)
+        super().__init__(
+            lambda: int(make(spec).start()),
+            what=f"the ingest of queue {spec.queue!r}",
+            cap_s=cap_s,
+            kill=kill,
+        )
         self.spec = spec
-        self._kill = kill
-        self._make = make  # builds an IngestProcess (pre-fork: touches nothing)
-        self.backoff = SlotBackoff(base_s=0.5, cap_s=cap_s)
-        self.pid = 0
-        self.started_at = 0.0
-        self.spawn_after: float | None = None
-        self.stopping = False
-        self.restarts = 0
-        self.log = logger.bind(component="master", queue=spec.queue)
-
-    def start(self, now: float) -> int:
-        try:
-            self.pid = self._make(self.spec).start()
-        except OSError as exc:  # EAGAIN at a pid limit, ENOMEM: the master must not die of it
-            delay = self.backoff.crashed()
-            self.spawn_after = now + delay
-            self.log.error(
-                "cannot fork the ingest of queue {!r} ({}); trying again in {:.1f} s",
-                self.spec.queue,
-                exc,
-                delay,
-            )
-            return 0
-        self.started_at = now
-        self.spawn_after = None
-        self.log.debug("forked ingest of queue {!r}: pid {}", self.spec.queue, self.pid)
-        return self.pid
+        self.log = self.log.bind(queue=spec.queue)
 
     def on_exit(self, status: int, now: float) -> None:
         how = osutil.describe_status(status)
         self.pid = 0
         if self.stopping:
-            self.log.debug("ingest of queue {!r} stopped ({})", self.spec.queue, how)
+            self.log.debug("{} stopped ({})", self.what, how)
             return
-        if now - self.started_at >= HEALTHY_AFTER_S:
-            self.backoff.healthy()
-        delay = self.backoff.crashed()
-        self.spawn_after = now + delay
-        self.restarts += 1
+        delay = self.crashed(now)
         self.log.error(
             "the ingest process of queue {!r} died ({}); its unacked messages go back to "
             "RabbitMQ; restarting it in {:.1f} s",
@@ -114,17 +88,6 @@ class IngestChild:
             how,
             delay,
         )
-
-    def tick(self, now: float) -> None:
-        if self.spawn_after is not None and now >= self.spawn_after and not self.stopping:
-            self.start(now)
-
-    def stop(self, *, kill: bool = False) -> None:
-        self.stopping = True
-        self.spawn_after = None
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                self._kill(self.pid, signal.SIGKILL if kill else signal.SIGTERM)
 
 
 class IngestChildren:
@@ -172,7 +135,7 @@ class IngestChildren:
                 child.tick(now)
 
     def next_wake(self, now: float) -> float | None:
-        waits = [max(0.0, c.spawn_after - now) for c in self.children if c.spawn_after is not None]
+        waits = [w for c in self.children if (w := c.next_wake(now)) is not None]
         return min(waits) if waits and not self.stopping else None
 
     @property
