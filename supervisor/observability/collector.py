@@ -9,12 +9,13 @@ its figures into zeros):
 * the broker's event buffer of this node, drained on each scrape into the duration / queue-wait
   histograms and the node's finished-task counters (only this collector drains it);
 * the master's status, published into the broker every second (desired workers, restarts by
-  reason, loop lag, state, lease renewals);
+  reason, loop lag, state, lease renewals), and this node's scheduler's document (every node
+  runs its own scheduler, with its own counters);
 * the shared-memory scoreboard (worker states and pids, the master's loop heartbeat) and psutil
   for each worker's RSS and CPU time;
 * on the cluster's exporter only (:mod:`supervisor.observability.cluster`): the broker's
-  cumulative counters and O(priorities) ``stats()``, the scheduler's document, the nodes' lease
-  health and the ingest children's documents.
+  cumulative counters and O(priorities) ``stats()``, the nodes' lease health and the ingest
+  children's documents.
 
 Two kinds of family, so that ``sum()`` never counts a figure twice: per-node families carry a
 ``node`` label and come from every node; cluster-wide ones carry none and come from exactly one
@@ -170,6 +171,7 @@ class SupervisorCollector(Collector):
         if got.scheduler is not None:
             doc, age_s = got.scheduler
             yield from scheduler_families(
+                node,
                 doc,
                 age_s,
                 since_start_s=self.monotonic() - self._started,
@@ -202,11 +204,11 @@ class SupervisorCollector(Collector):
             node = self._fixed_node or got.status.get("node")
             if isinstance(node, str) and node:
                 self.node = node
+            got.scheduler = broker.scheduler_status()
             got.exporter = self._is_exporter()
             if got.exporter:
                 got.stats = broker.stats()
                 got.types.update(t for _, t, _ in got.stats["counters"])
-                got.scheduler = broker.scheduler_status()
                 health = getattr(broker, "cluster_health", None)
                 got.health = health() if callable(health) else None
                 components = getattr(broker, "component_statuses", None)

@@ -1,7 +1,9 @@
 """Scheduler metric families, from the document the scheduler process publishes to the broker
 (:func:`supervisor.scheduling.status.status_doc`, about once a second).
 
-The families exist before the scheduler's first report (counters at 0, an empty histogram), so
+Every node runs its own scheduler, so the families carry the ``node`` label and come from
+every node; ``sum()`` over them is the cluster's. The families exist before the scheduler's
+first report (counters at 0, an empty histogram), so
 dashboards and alerts have data from the first scrape. The document comes from another process:
 a malformed value reads as 0 rather than failing the scrape.
 """
@@ -35,11 +37,11 @@ def number(value: Any) -> float:
     return out if math.isfinite(out) else 0.0
 
 
-def _lag(doc: dict[str, Any]) -> HistogramMetricFamily:
+def _lag(node: str, doc: dict[str, Any]) -> HistogramMetricFamily:
     fam = HistogramMetricFamily(
         "supervisor_scheduler_fire_lag_seconds",
         "Time from a schedule's due time to the push of its task.",
-        labels=[],
+        labels=["node"],
     )
     lag = doc.get("lag")
     buckets: list[tuple[str, float]] = []
@@ -53,42 +55,56 @@ def _lag(doc: dict[str, Any]) -> HistogramMetricFamily:
         total = 0.0
     else:
         total = number(lag.get("sum_s")) if isinstance(lag, dict) else 0.0
-    fam.add_metric([], buckets, total)
+    fam.add_metric([node], buckets, total)
     return fam
 
 
 def scheduler_families(
-    doc: dict[str, Any], age_s: float | None, *, since_start_s: float, enabled: bool = True
+    node: str,
+    doc: dict[str, Any],
+    age_s: float | None,
+    *,
+    since_start_s: float,
+    enabled: bool = True,
 ) -> Iterator[Metric]:
-    """``doc``: the last published document ({} if none); ``age_s``: seconds since it came
-    (None: never); ``since_start_s``: the broker's age, the tick age until a first report."""
+    """The families of ``node``'s scheduler. ``doc``: its last published document ({} if
+    none); ``age_s``: seconds since it came (None: never); ``since_start_s``: the broker's age,
+    the tick age until a first report."""
     raw = doc.get("counters")
     counters: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    yield CounterMetricFamily(
-        "supervisor_scheduler_fires_total",
-        "Schedule due times pushed as tasks.",
-        value=number(counters.get("fired")),
+    fires = CounterMetricFamily(
+        "supervisor_scheduler_fires_total", "Schedule due times pushed as tasks.", labels=["node"]
     )
+    fires.add_metric([node], number(counters.get("fired")))
+    yield fires
     misfires = CounterMetricFamily(
         "supervisor_scheduler_misfires_total",
         "Schedule due times not pushed, by action: skipped (too "
         "late), coalesced (into one run), overlapped (previous run "
         "still going).",
-        labels=["action"],
+        labels=["node", "action"],
     )
     for action, key in MISFIRE_COUNTERS.items():
-        misfires.add_metric([action], number(counters.get(key)))
+        misfires.add_metric([node, action], number(counters.get(key)))
     yield misfires
-    yield _lag(doc)
-    yield GaugeMetricFamily(
+    yield _lag(node, doc)
+    yield _gauge(
         "supervisor_scheduler_consecutive_failures",
         "Scheduler ticks failed in a row (database unreachable).",
-        value=number(doc.get("db_failures")),
+        node,
+        number(doc.get("db_failures")),
     )
     if not enabled:
         return  # --no-scheduler: no tick age, so no "scheduler stalled" alert
-    yield GaugeMetricFamily(
+    yield _gauge(
         "supervisor_scheduler_last_tick_age_seconds",
         "Seconds since the scheduler last reported (since start if it never did).",
-        value=since_start_s if age_s is None else age_s,
+        node,
+        since_start_s if age_s is None else age_s,
     )
+
+
+def _gauge(name: str, documentation: str, node: str, value: float) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(name, documentation, labels=["node"])
+    fam.add_metric([node], value)
+    return fam

@@ -117,6 +117,10 @@ def test_every_expression_returns_data_and_cluster_figures_count_once(
     assert scalar(prom, "min(supervisor_broker_up)") == 1
     assert scalar(prom, 'sum(supervisor_lease_renewals_total{outcome="ok"})') > 0
     assert scalar(prom, 'sum(supervisor_ingest_messages_total{outcome="ingested"})') == 12
+    # every node runs its own scheduler, with its own counters: one series each, never mixed
+    ticks = prom.query("supervisor_scheduler_last_tick_age_seconds")
+    assert sorted(r["metric"]["node"] for r in ticks) == ["a", "b"]
+    assert scalar(prom, "count(supervisor_scheduler_fires_total)") == 2
     promtool = shutil.which("promtool")
     require_service(promtool is not None, "promtool not found: apt-get install prometheus")
     for m in (a, b):  # the exporter's exposition and the other's

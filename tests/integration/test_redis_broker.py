@@ -682,12 +682,21 @@ def test_status_board_per_node(make: Callable[..., RedisBroker], clock: FakeCloc
     assert a.scheduler_status() == ({}, None)
     b.publish_scheduler_status({"due": 3})
     clock.advance(2)
-    assert a.scheduler_status() == ({"due": 3}, 2.0)
-    assert a.get_status()["scheduler"] == {"due": 3, "report_age_s": 2.0}
+    # each node's scheduler has its own counters: one document per node, never mixed
+    assert a.scheduler_status() == ({}, None) and b.scheduler_status() == ({"due": 3}, 2.0)
+    assert a.get_status()["scheduler"] == {"due": 3, "report_age_s": 2.0}  # none of its own
+    a.publish_scheduler_status({"due": 1})
+    clock.advance(1)
+    assert a.scheduler_statuses() == {"a": ({"due": 1}, 1.0), "b": ({"due": 3}, 3.0)}
+    assert a.get_status()["scheduler"] == {"due": 1, "report_age_s": 1.0}
+    assert b.get_status()["scheduler"] == {"due": 3, "report_age_s": 3.0}
+    client = make(node="client")
+    assert client.get_status()["scheduler"] == {"due": 1, "report_age_s": 1.0}  # the freshest
     with pytest.raises(TaskError, match="must be a dict"):
         a.publish_scheduler_status([])  # type: ignore[arg-type]
     b.forget_node()
     assert a.node_statuses() == {"a": {"workers": [1, 2]}}
+    assert list(a.scheduler_statuses()) == ["a"]
     assert b.dispatching() is True
     assert a.known_task_types() == []
 

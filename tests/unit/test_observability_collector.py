@@ -169,11 +169,11 @@ def test_workers_master_and_restarts(setup) -> None:
 def test_scheduler_families_exist_before_it_reports_then_follow_it(setup, clock) -> None:
     broker, _, registry = setup
     _, got = scrape(registry)
-    assert value(got, "supervisor_scheduler_fires_total") == 0
-    assert value(got, "supervisor_scheduler_misfires_total", action="skipped") == 0
-    assert value(got, "supervisor_scheduler_fire_lag_seconds_count") == 0
-    assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", le="+Inf") == 0
-    assert value(got, "supervisor_scheduler_last_tick_age_seconds") >= 0
+    assert value(got, "supervisor_scheduler_fires_total", node=N) == 0
+    assert value(got, "supervisor_scheduler_misfires_total", node=N, action="skipped") == 0
+    assert value(got, "supervisor_scheduler_fire_lag_seconds_count", node=N) == 0
+    assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", node=N, le="+Inf") == 0
+    assert value(got, "supervisor_scheduler_last_tick_age_seconds", node=N) >= 0
     lag = LagHistogram()
     for seconds in (0.002, 0.02, 3.0):
         lag.observe(seconds)
@@ -193,24 +193,24 @@ def test_scheduler_families_exist_before_it_reports_then_follow_it(setup, clock)
     broker.publish_scheduler_status(doc)
     clock.advance(2)
     _, got = scrape(registry)
-    assert value(got, "supervisor_scheduler_fires_total") == 7
-    assert value(got, "supervisor_scheduler_misfires_total", action="skipped") == 2
-    assert value(got, "supervisor_scheduler_misfires_total", action="coalesced") == 1
-    assert value(got, "supervisor_scheduler_misfires_total", action="overlapped") == 0
-    assert value(got, "supervisor_scheduler_fire_lag_seconds_count") == 3
-    assert value(got, "supervisor_scheduler_fire_lag_seconds_sum") == pytest.approx(3.022)
-    assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", le="0.025") == 2
-    assert value(got, "supervisor_scheduler_last_tick_age_seconds") == pytest.approx(2)
-    assert value(got, "supervisor_scheduler_consecutive_failures") == 1
+    assert value(got, "supervisor_scheduler_fires_total", node=N) == 7
+    assert value(got, "supervisor_scheduler_misfires_total", node=N, action="skipped") == 2
+    assert value(got, "supervisor_scheduler_misfires_total", node=N, action="coalesced") == 1
+    assert value(got, "supervisor_scheduler_misfires_total", node=N, action="overlapped") == 0
+    assert value(got, "supervisor_scheduler_fire_lag_seconds_count", node=N) == 3
+    assert value(got, "supervisor_scheduler_fire_lag_seconds_sum", node=N) == pytest.approx(3.022)
+    assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", node=N, le="0.025") == 2
+    assert value(got, "supervisor_scheduler_last_tick_age_seconds", node=N) == pytest.approx(2)
+    assert value(got, "supervisor_scheduler_consecutive_failures", node=N) == 1
     broker.publish_scheduler_status(
         {"counters": {"fired": "x"}, "lag": {"buckets": [[1, 2]]}, "db_failures": None}
     )  # malformed: zeros, no error
     _, got = scrape(registry)
-    assert value(got, "supervisor_scheduler_fires_total") == 0
-    assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", le="+Inf") == 0
+    assert value(got, "supervisor_scheduler_fires_total", node=N) == 0
+    assert value(got, "supervisor_scheduler_fire_lag_seconds_bucket", node=N, le="+Inf") == 0
     broker.publish_status({"state": "running", "scheduler": False})
     _, got = scrape(registry)
-    assert ("supervisor_scheduler_last_tick_age_seconds", frozenset()) not in got
+    assert not [k for k in got if k[0] == "supervisor_scheduler_last_tick_age_seconds"]
 
 
 def test_labels_are_bounded_and_build_info_is_there(setup, clock) -> None:
@@ -290,6 +290,11 @@ PER_NODE = {
     "supervisor_master_loop_lag_seconds",
     "supervisor_lease_renewals_total",
     "supervisor_leases_lost_total",
+    "supervisor_scheduler_fires_total",
+    "supervisor_scheduler_misfires_total",
+    "supervisor_scheduler_fire_lag_seconds",
+    "supervisor_scheduler_consecutive_failures",
+    "supervisor_scheduler_last_tick_age_seconds",
     "supervisor_build_info",
 }
 # Cluster-wide families whose series name a node anyway (which node a figure is about).
@@ -387,6 +392,7 @@ def test_per_node_families_carry_the_node_and_cluster_ones_do_not(setup, clock) 
 def test_a_node_that_is_not_the_exporter_exports_only_its_own_figures(setup, clock) -> None:
     broker, board, _ = setup
     run(broker, clock, "ok", base.SUCCEEDED, took=0.1)
+    broker.publish_scheduler_status({"counters": {"fired": 4}})  # its own scheduler's
     spy = BrokerSpy(
         broker,
         is_cluster_exporter=lambda: False,
@@ -398,10 +404,9 @@ def test_a_node_that_is_not_the_exporter_exports_only_its_own_figures(setup, clo
     assert family_names(got) <= PER_NODE, family_names(got) - PER_NODE
     assert value(got, "supervisor_cluster_exporter", node=N) == 0
     assert value(got, "supervisor_task_duration_seconds_count", node=N, type="ok") == 1
+    assert value(got, "supervisor_scheduler_fires_total", node=N) == 4  # every node has one
     # nothing of the cluster was even read
-    assert not {"stats", "scheduler_status", "cluster_health", "component_statuses"} & set(
-        spy.calls
-    )
+    assert not {"stats", "cluster_health", "component_statuses"} & set(spy.calls)
 
 
 def test_cluster_health_of_every_known_node_and_the_recovered_leases(setup) -> None:

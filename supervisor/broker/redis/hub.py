@@ -1,5 +1,9 @@
-"""The status board on Redis (the master's status per node, the scheduler's document), the
-server checks, and ping."""
+"""The status board on Redis (the master's status and the scheduler's document, per node; the
+components' documents), the server checks, and ping.
+
+Every node runs its own scheduler on the shared database, each with its own counters, so each
+publishes under its node's name: one shared document would make the cluster's scheduler
+counters jump from one process's to another's."""
 
 from __future__ import annotations
 
@@ -12,8 +16,12 @@ from supervisor.broker.validate import check_component
 from supervisor.errors import TaskError
 from supervisor.registry import TaskOptions
 
-SCHEDULER_FIELD = "\x00scheduler"  # a field no node name can be (nodes are host:pid)
+SCHEDULER_FIELD = "\x00scheduler:"  # + the node's name (no node name starts with NUL)
 COMPONENT_FIELD = "\x00component:"  # + the component's name
+
+
+def _age_or_inf(dated: tuple[dict[str, Any], float | None]) -> float:
+    return float("inf") if dated[1] is None else dated[1]
 
 
 class HubMixin(Core):
@@ -55,7 +63,7 @@ class HubMixin(Core):
         ]
         with self._guard():
             pipe = self._client.pipeline(transaction=True)
-            pipe.hdel(self._keys.status, name, *mine)
+            pipe.hdel(self._keys.status, name, SCHEDULER_FIELD + name, *mine)
             pipe.hdel(self._keys.dispatch, name)
             pipe.delete(self._keys.obs(name))
             pipe.execute()
@@ -63,8 +71,12 @@ class HubMixin(Core):
     def get_status(self) -> dict[str, Any]:
         """``{"master": ..., "nodes": {name: status}, "stats": ..., "scheduler": ... | None}``:
         ``master`` is this node's master's status, or, for a client of a cluster of one node,
-        that node's."""
+        that node's; ``scheduler`` this node's scheduler document, or for a client the one
+        published last."""
         scheduler, age = self.scheduler_status()
+        if age is None:
+            others = sorted(self.scheduler_statuses().values(), key=_age_or_inf)
+            scheduler, age = others[0] if others else ({}, None)
         nodes = self.node_statuses()
         master = nodes.get(self._node) or (next(iter(nodes.values())) if len(nodes) == 1 else {})
         return {
@@ -75,19 +87,31 @@ class HubMixin(Core):
         }
 
     def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
-        """The scheduler's status document; the board notes when it came (this clock)."""
+        """This node's scheduler's document; the board notes when it came (this clock)."""
         if not isinstance(doc, dict):
             raise TaskError(f"scheduler status must be a dict, got {type(doc).__name__}")
         blob = json.dumps({"doc": doc, "at": codec.time_str(self._clock())}, default=str)
         with self._guard():
-            self._client.hset(self._keys.status, SCHEDULER_FIELD, blob)
+            self._client.hset(self._keys.status, SCHEDULER_FIELD + self._node, blob)
 
     def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
-        """The scheduler's last document and its age in seconds (None: never published)."""
+        """This node's scheduler's last document and its age in seconds (None: never
+        published)."""
         with self._guard():
-            blob = self._client.hget(self._keys.status, SCHEDULER_FIELD)
-        if blob is None:
-            return {}, None
+            blob = self._client.hget(self._keys.status, SCHEDULER_FIELD + self._node)
+        return ({}, None) if blob is None else self._dated(blob)
+
+    def scheduler_statuses(self) -> dict[str, tuple[dict[str, Any], float | None]]:
+        """Every node's scheduler document and its age, by node name."""
+        with self._guard():
+            docs = self._client.hgetall(self._keys.status)
+        return {
+            field[len(SCHEDULER_FIELD) :]: self._dated(v)
+            for k, v in docs.items()
+            if (field := codec.text(k)).startswith(SCHEDULER_FIELD)
+        }
+
+    def _dated(self, blob: bytes | str) -> tuple[dict[str, Any], float | None]:
         data = json.loads(blob)
         at = codec.time_or_none(data.get("at"))
         return dict(data.get("doc") or {}), (None if at is None else self._clock() - at)
