@@ -240,7 +240,7 @@ FIELDS: tuple[Field, ...] = (
         tuple,
         (),
         "a RabbitMQ queue whose messages become tasks of this node's broker, "
-        "amqp://user:pass@host:port/[vhost/]QUEUE (repeatable)",
+        "amqp://user:pass@host:port/[vhost/]QUEUE[?prefetch=N] (repeatable)",
         secret=True,
     ),
 )

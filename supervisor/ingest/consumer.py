@@ -42,7 +42,6 @@ from supervisor.ingest.url import IngestSpec
 from supervisor.policy import compute_backoff
 from supervisor.queuemanager.amqpwire import dead_letter_queue
 
-PREFETCH = 256  # messages in flight: priority is restored by our broker, so >1 is safe here
 IDLE_WAIT_S = 0.2  # longest wait for a delivery: how soon a stop request is seen
 PUBLISH_EVERY_S = 1.0
 HEALTHY_AFTER_S = 10.0  # a connection that lasted this long resets the reconnect delay
@@ -65,7 +64,7 @@ class Ingestor:
         node: str,
         should_stop: Callable[[], bool],
         max_payload_bytes: int | None = 1 << 20,
-        prefetch: int = PREFETCH,
+        prefetch: int | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         reconnect_base_s: float = 0.5,
@@ -78,7 +77,7 @@ class Ingestor:
         self.name = component_name(node, spec.queue)
         self._should_stop = should_stop
         self.max_payload_bytes = max_payload_bytes
-        self.prefetch = max(1, prefetch)
+        self.prefetch = max(1, spec.prefetch if prefetch is None else prefetch)
         self.clock = clock  # epoch seconds: message ages
         self.monotonic = monotonic  # waits and the publishing cadence
         self._reconnect = (reconnect_base_s, reconnect_cap_s)

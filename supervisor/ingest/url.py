@@ -2,10 +2,11 @@
 
 Forms: ``amqp://user:pass@host:port/QUEUE`` (virtual host ``/``) and
 ``amqp://user:pass@host:port/VHOST/QUEUE``; also ``amqps://`` (TLS). Either segment may be
-percent-encoded (``%2F`` for a ``/`` inside a name); a query string (``?heartbeat=30``) is handed
-to pika as its connection options. Pure: parsing opens no connection (RabbitMQ may be down at
-start; the ingest child retries), so every error here is a typo, reported once, naming the value
-(password masked) and what was expected.
+percent-encoded (``%2F`` for a ``/`` inside a name); a query string (``?heartbeat=30``) is
+handed to pika as its connection options, except ``prefetch=N`` (messages in flight, 1 to
+:data:`MAX_PREFETCH`; default :data:`DEFAULT_PREFETCH`), which is ours. Pure: parsing opens no
+connection (RabbitMQ may be down at start; the ingest child retries), so every error here is a
+typo, reported once, naming the value (password masked) and what was expected.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from supervisor.errors import ConfigError
 from supervisor.queuemanager.validate import safe_url
@@ -21,6 +22,8 @@ from supervisor.queuemanager.validate import safe_url
 EXPECTED = "amqp://user:pass@host:port/[vhost/]QUEUE (or amqps://)"
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 MAX_QUEUE_NAME = 200  # a task type name's limit (AMQP allows 255 bytes)
+DEFAULT_PREFETCH = 256  # messages in flight: priority is restored by our broker, so >1 is safe
+MAX_PREFETCH = 65535  # AMQP's prefetch-count is 16 bits (0 would mean no limit: refused)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class IngestSpec:
     queue: str
     tls: bool
     connection_url: str
+    prefetch: int = DEFAULT_PREFETCH
 
     def __repr__(self) -> str:  # never the password, even in a traceback
         return f"IngestSpec({self.masked!r})"
@@ -79,9 +83,8 @@ def parse_ingest_url(value: object, *, where: str = "") -> IngestSpec:
         raise bad(f"a queue name of {len(queue)} characters (at most {MAX_QUEUE_NAME})")
     if queue.startswith("amq."):
         raise bad(f"queue name {queue!r} (names starting with 'amq.' are RabbitMQ's own)")
-    connection_url = urlunsplit(
-        (scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, "")
-    )
+    prefetch, options = _prefetch(parts.query, bad)
+    connection_url = urlunsplit((scheme, parts.netloc, "/" + quote(vhost, safe=""), options, ""))
     _check_pika(connection_url, bad)
     return IngestSpec(
         url=value,
@@ -92,7 +95,22 @@ def parse_ingest_url(value: object, *, where: str = "") -> IngestSpec:
         queue=queue,
         tls=scheme == "amqps",
         connection_url=connection_url,
+        prefetch=prefetch,
     )
+
+
+def _prefetch(query: str, bad: Callable[[str], ConfigError]) -> tuple[int, str]:
+    """(the ``prefetch`` option, the query without it: pika's options)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    ours = [v for k, v in pairs if k == "prefetch"]
+    if not ours:
+        return DEFAULT_PREFETCH, query
+    if len(ours) > 1:
+        raise bad("prefetch given twice")
+    text = ours[0].strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PREFETCH:
+        raise bad(f"prefetch={ours[0]!r} (expected a whole number from 1 to {MAX_PREFETCH})")
+    return int(text), urlencode([(k, v) for k, v in pairs if k != "prefetch"])
 
 
 def mask(url: str) -> str:

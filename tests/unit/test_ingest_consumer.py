@@ -325,3 +325,13 @@ def test_a_message_nested_too_deep_for_json_is_dead_lettered_not_a_crash() -> No
     assert rig.counts() == (1, 0, 1)  # the child goes on: the queue is not stuck behind it
     (_, key, _, props) = rig.ch.published[0]
     assert key == "jobs.dead" and "RecursionError" in props.headers["x-ingest-reason"]
+
+
+def test_the_prefetch_comes_from_the_url_unless_given() -> None:
+    def make(url: str, **kw: Any) -> Ingestor:
+        spec = parse_ingest_url(url)
+        return Ingestor(spec=spec, broker=MemoryBroker(), node="n1", should_stop=lambda: True, **kw)
+
+    assert make(f"amqp://h/{QUEUE}").prefetch == 256
+    assert make(f"amqp://h/{QUEUE}?prefetch=7").prefetch == 7
+    assert make(f"amqp://h/{QUEUE}?prefetch=7", prefetch=3).prefetch == 3

@@ -49,9 +49,31 @@ def test_the_connection_url_keeps_the_credentials_and_the_options() -> None:
     assert "s3cret" not in repr(spec)
 
 
+def test_prefetch_is_ours_and_the_other_options_go_to_pika() -> None:
+    import pika
+
+    assert parse_ingest_url("amqp://h/q").prefetch == 256
+    spec = parse_ingest_url(
+        "amqp://u:s3cret@h/q?heartbeat=17&prefetch=32&blocked_connection_timeout=9"
+    )
+    assert spec.prefetch == 32
+    assert "prefetch" not in spec.connection_url  # pika would refuse an option it doesn't know
+    params = pika.URLParameters(spec.connection_url)
+    assert params.heartbeat == 17 and params.blocked_connection_timeout == 9
+    assert parse_ingest_url("amqp://h/q?prefetch=1").connection_url == "amqp://h/%2F"
+
+
 @pytest.mark.parametrize(
     ("value", "what"),
     [
+        (
+            "amqp://u:s3cret@h/q?prefetch=0",
+            "prefetch='0' (expected a whole number from 1 to 65535)",
+        ),
+        ("amqp://u:s3cret@h/q?prefetch=70000", "prefetch='70000'"),
+        ("amqp://u:s3cret@h/q?prefetch=-5", "prefetch='-5'"),
+        ("amqp://u:s3cret@h/q?prefetch=", "prefetch=''"),
+        ("amqp://u:s3cret@h/q?prefetch=8&prefetch=9", "prefetch given twice"),
         ("http://u:s3cret@h/q", "scheme http:// is not amqp://"),
         ("rabbit/q", "scheme (none) is not amqp://"),
         ("amqp://u:s3cret@h/", "no queue name"),
