@@ -12,7 +12,7 @@ import pytest
 from loguru import logger
 
 import supervisor  # noqa: F401  (imported first: importing it disables its log)
-from tests.redisserver import RedisServer, require_redis_server
+from tests.redisserver import RedisServer, private_redis_server
 
 logger.enable("supervisor")
 
@@ -21,11 +21,8 @@ logger.enable("supervisor")
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for this test module (a free port, a temp folder, AOF with fsync
     always), so a test may kill or restart it; skipped on a laptop without one, failing in CI."""
-    require_redis_server()
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    with private_redis_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "/usr/bin/redis-server")
@@ -120,3 +121,16 @@ class RedisServer:
                 self.kill()
         self.proc = None
         self._tmp.cleanup()
+
+
+@contextlib.contextmanager
+def private_redis_server() -> Iterator[RedisServer]:
+    """A started :class:`RedisServer`, stopped at the end; skipped on a laptop without
+    redis-server, failing under CI (the ``redis_server`` fixtures of each scope use it)."""
+    require_redis_server()
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

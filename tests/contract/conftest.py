@@ -22,8 +22,7 @@ from supervisor.broker.base import Broker
 from supervisor.broker.embedded.durable import DurableBroker
 from supervisor.broker.embedded.journal import open_journal
 from supervisor.broker.embedded.memory import MemoryBroker
-from tests.helpers import require_service
-from tests.redisserver import RedisServer, redis_server_path
+from tests.redisserver import RedisServer, private_redis_server
 from tests.unit.conftest import FakeClock
 
 MakeBroker = Callable[..., Broker]
@@ -32,11 +31,9 @@ IMPLEMENTATIONS = ["memory", "durable", "redis"]
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    """One private redis-server for the whole contract suite (each test has its own prefix)."""
+    with private_redis_server() as server:
+        yield server
 
 
 @pytest.fixture
