@@ -1,6 +1,8 @@
 """A TCP forwarder for tests: ``start()`` listens on a fixed local port and relays to a target;
 ``stop()`` closes the listener and cuts every relayed connection (as a server going down
-would); ``start()`` again listens on the same port (as the server coming back)."""
+would); ``start()`` again listens on the same port (as the server coming back). ``pause()``
+holds the bytes without closing anything (a network cut: the peers see silence, not an
+error) until ``resume()``."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class TcpProxy:
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -62,6 +66,9 @@ class TcpProxy:
                     data = src.recv(65536)
                     if not data:
                         return
+                    while not self._flowing.wait(0.1):  # paused: hold the bytes
+                        if src.fileno() < 0:  # stop() closed it meanwhile
+                            return
                     key.data.sendall(data)
         except (OSError, ValueError):
             return
@@ -70,6 +77,13 @@ class TcpProxy:
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.close()
+
+    def pause(self) -> None:
+        """Stop forwarding, keeping every connection open (as a dead link would)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def stop(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ import supervisor
 from supervisor.broker import base
 from tests.helpers import require_service, wait_until
 from tests.redisserver import RedisServer, redis_server_path
+from tests.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 LEASE_S = 2.0
@@ -235,60 +236,12 @@ def readyz(node: Any) -> int:
         return 0
 
 
-class PausableProxy:
-    """A TCP proxy to Redis that can stop forwarding (a network cut, not a closed socket)."""
-
-    def __init__(self, target_port: int) -> None:
-        import socket
-        import threading
-
-        self.target = target_port
-        self.open = threading.Event()
-        self.open.set()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[Any] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: Any, dst: Any) -> None:
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.open.wait()  # while cut: hold the bytes, as a dead link would
-            try:
-                dst.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
-
-
 def test_a_node_cut_off_from_redis_loses_its_task_to_another(
     cluster: Any, redis_url: str, tmp_path: Path
 ) -> None:
     port = int(redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
-    proxy = PausableProxy(port)
+    proxy = TcpProxy(("127.0.0.1", port))
+    proxy.start()
     try:
         cut_url = f"redis://127.0.0.1:{proxy.port}/0"
         q = cluster.producer
@@ -297,14 +250,14 @@ def test_a_node_cut_off_from_redis_loses_its_task_to_another(
         cut = cluster("cut", "--broker", cut_url, "--key-prefix", prefix, workers=1)
         tid = q.push_task({"type": "record", "params": {"path": path, "work_s": 3 * LEASE_S}})
         wait_until(lambda: q.get_task_state(tid)["status"] == "running", 20, what="start")
-        proxy.open.clear()  # the node is cut off from Redis; it keeps running
+        proxy.pause()  # the node is cut off from Redis (silence, not an error); it keeps running
         cluster("other", workers=1)
         done = wait_until(
             lambda: (r := q.get_task_state(tid)) and r["status"] == base.SUCCEEDED and r,
             60,
             what="the other node to recover the task and finish it",
         )
-        proxy.open.set()
+        proxy.resume()
         wait_until(
             lambda: "lease was lost" in (t := cut.log_text()) or "refused" in t,
             60,
@@ -313,8 +266,8 @@ def test_a_node_cut_off_from_redis_loses_its_task_to_another(
         assert done["attempts"] == 2 and done["errors"][-1]["reason"] == "worker_lost"
         assert q.get_task_state(tid)["status"] == base.SUCCEEDED  # recorded once
     finally:
-        proxy.open.set()
-        proxy.close()
+        proxy.resume()
+        proxy.stop()
 
 
 def test_two_schedulers_on_one_database_fire_each_due_time_once_with_one_killed(
