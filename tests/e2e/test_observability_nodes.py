@@ -82,8 +82,14 @@ def test_renewals_are_aged_on_redis_time_and_old_nodes_forgotten(make: Any) -> N
     got = b.cluster_health()
     assert set(got.nodes) == {"a", "b"} and got.live_nodes == 1
     assert 5.0 <= got.nodes["a"].renew_age_s < 7.0 and not got.nodes["a"].live
+    gone = make("gone")  # it died: its documents are still on the board
+    gone.publish_status({"workers": []})
+    gone.publish_scheduler_status({"counters": {"fired": 1}})
+    gone.publish_component_status("ingest:gone:q", {"kind": "ingest", "node": "gone"})
     assert a.prune_node_health() == 2  # "gone" and "junk"
     assert set(a._client.hkeys(a._renewed_key)) == {b"a", b"b"}
+    assert "gone" not in a.node_statuses() and "gone" not in a.scheduler_statuses()
+    assert a.component_statuses() == {}
     a.forget_node_health()  # a clean stop
     assert set(b.cluster_health().nodes) == {"b"}
 

@@ -6,7 +6,8 @@ Three keys of their own, beside the broker's (all under the ``{p}`` hash tag, on
 * ``{p}:node_renewed`` (HASH node -> ``"<at ms> <lease ms>"``): when each node's master last
   renewed its leases (Redis TIME, so the nodes' clocks do not matter) and its lease. A node that
   died keeps its entry, so the exporter still shows it, ever older, until the entry is an hour
-  old (:data:`FORGET_AFTER_S`); a clean stop removes it.
+  old (:data:`FORGET_AFTER_S`): the exporter then forgets the node, with its documents on the
+  status board. A clean stop removes it.
 * ``{p}:metrics_exporter`` (STRING node, expiring): the one node that exports the cluster-wide
   gauges and counters, so that ``sum()`` over the nodes never counts them twice. Every node
   that serves ``/metrics`` competes for it (:meth:`NodeBroker.elect_exporter`, every
@@ -129,7 +130,9 @@ class NodeBroker(RedisBroker):
         return ClusterHealth(nodes=nodes, leases_recovered=int(recovered or 0))
 
     def prune_node_health(self) -> int:
-        """Drop the entries of nodes silent past :data:`FORGET_AFTER_S`; returns how many."""
+        """Forget the nodes silent past :data:`FORGET_AFTER_S` (they died: a clean stop
+        forgets itself): their renewal entries, and what they left on the status board (the
+        master's and the scheduler's documents, their components'). Returns how many."""
         with self._guard():
             pipe = self._client.pipeline(transaction=False)
             pipe.time()
@@ -139,6 +142,8 @@ class NodeBroker(RedisBroker):
             old = [name for name, value in entries.items() if _stale(codec.text(value), now_ms)]
             if old:
                 self._client.hdel(self._renewed_key, *old)
+        for name in old:
+            self.forget_node(codec.text(name))
         return len(old)
 
     # -- the exporter's role ----------------------------------------------------------------
