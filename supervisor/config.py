@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.config_values import convert
+from supervisor.config_values import (
+    NODE_NAME_BANNED,
+    REDIS_URL_FORM,
+    convert,
+    mask_url,
+    redis_url_problem,
+)
 from supervisor.errors import ConfigError
 
 
@@ -387,10 +393,15 @@ def load_settings(
             f"backoff_cap: expected a value >= backoff_base ({settings.backoff_base:g}), "
             f"got {settings.backoff_cap:g} (from {sources['backoff_cap']})"
         )
-    if settings.broker is not None and not settings.broker.startswith(("redis://", "rediss://")):
+    if settings.broker is not None and (problem := redis_url_problem(settings.broker)):
         raise ConfigError(
-            f"broker: expected a redis:// or rediss:// URL, got {_masked(settings.broker)!r} "
+            f"broker: {problem} in {mask_url(settings.broker)!r}; expected {REDIS_URL_FORM} "
             f"(from {sources['broker']})"
+        )
+    if settings.node_name is not None and any(c in settings.node_name for c in NODE_NAME_BANNED):
+        raise ConfigError(
+            f"node_name: expected a name without '/' or '|' (they separate a node from its "
+            f"workers in Redis), got {settings.node_name!r} (from {sources['node_name']})"
         )
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{}"):
         raise ConfigError(
@@ -400,14 +411,3 @@ def load_settings(
     if extra_check is not None:
         extra_check(settings)
     return settings
-
-
-def _masked(url: str) -> str:
-    """``url`` with the password of its netloc replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        creds, _, host = netloc.rpartition("@")
-        user = creds.partition(":")[0]
-        netloc = f"{user}:***@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{path}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from supervisor.errors import ConfigError
 
@@ -105,6 +106,12 @@ def _items(f: Field, raw: Any, source: str) -> tuple[str, ...]:
             item = piece.strip()
             if item and item not in out:
                 out.append(item)
+    if not out and any(isinstance(p, str) and p.strip() for p in parts):  # "," or " , "
+        shown = "***" if f.secret else repr(raw)
+        raise ConfigError(
+            f"{f.name}: expected comma-separated names, got {shown}, which names none "
+            f"(from {source})"
+        )
     if f.name == "queues":
         from supervisor.registry import queue_name
 
@@ -130,3 +137,40 @@ def _check_address(text: str, source: str) -> None:
         raise ConfigError(
             f"address: {exc}; expected a socket path or HOST:PORT (port 0-65535) (from {source})"
         ) from None
+
+
+REDIS_URL_FORM = "redis://[user:pass@]host:port/db or rediss://"
+NODE_NAME_BANNED = "/|"  # a Redis node's consumers are "<node>/<worker>"; '|' separates fields
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis broker URL, read as redis-py will read it (None: nothing).
+    Pure: nothing connects (a Redis that is down is not a typo, and has an exit code of its
+    own)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in ("redis", "rediss"):
+        return f"scheme {scheme + '://' if sep else '(none)'} is not redis:// or rediss://"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not 0-65535)
+    except ValueError:
+        return "a port that is not a number from 0 to 65535"
+    if not parts.hostname:
+        return "no host"
+    dbs = [parts.path.strip("/")] if parts.path.strip("/") else []
+    dbs += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+    for db in dbs:
+        if not db.isdigit():
+            return f"database number {db!r} is not a whole number"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its netloc replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        creds, _, host = netloc.rpartition("@")
+        user = creds.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    return f"{scheme}{sep}{netloc}{slash}{path}"

@@ -174,3 +174,19 @@ def test_a_malformed_client_address_is_a_usage_error(capsys: pytest.CaptureFixtu
         "supervisor: --address: broker address 'notahost:abc': port 'abc' is not a number; "
         "expected a socket path or HOST:PORT\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [
+        ("http://u:s3cret@h/0", "scheme http:// is not redis:// or rediss://"),
+        ("redis://u:s3cret@h:port/0", "a port that is not a number from 0 to 65535"),
+    ],
+)
+def test_a_malformed_client_broker_url_is_a_usage_error_without_the_password(
+    capsys: pytest.CaptureFixture[str], url: str, what: str
+) -> None:
+    assert main(["status", "--broker", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"supervisor: --broker: {what} in '") and "u:***@h" in err
+    assert "s3cret" not in err and err.count("\n") == 1

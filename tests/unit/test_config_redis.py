@@ -24,8 +24,22 @@ def test_the_broker_url_comes_from_the_environment_and_is_masked() -> None:
     [
         (
             {"broker": "http://u:secret@r1/0"},
-            r"broker: expected a redis:// .*'http://u:\*\*\*@r1/0'",
+            r"broker: scheme http:// is not redis:// or rediss:// in 'http://u:\*\*\*@r1/0'; "
+            r"expected redis://\[user:pass@\]host:port/db",
         ),
+        ({"broker": "r1:6379"}, r"broker: scheme \(none\) is not redis://"),
+        (
+            {"broker": "redis://u:secret@r1:notaport/0"},
+            r"broker: a port that is not a number from 0 to 65535 in 'redis://u:\*\*\*@r1",
+        ),
+        ({"broker": "redis://u:secret@r1:70000/0"}, "a port that is not a number"),
+        ({"broker": "redis://:secret@/0"}, "broker: no host"),
+        ({"broker": "redis://r1/zero"}, "broker: database number 'zero' is not a whole number"),
+        ({"broker": "redis://r1?db=-1"}, "broker: database number '-1' is not a whole number"),
+        ({"node_name": "a/b"}, r"node_name: expected a name without '/' or '\|'.*got 'a/b'"),
+        ({"node_name": "a|b"}, "node_name: expected a name without"),
+        ({"queues": ","}, "queues: expected comma-separated names, got ',', which names none"),
+        ({"ingest": [" , "]}, r"ingest: expected comma-separated names, got \*\*\*"),
         ({"key_prefix": "{sv}"}, "key_prefix: expected a non-empty prefix without braces"),
         ({"lease": 0.5}, "lease"),
     ],
@@ -34,3 +48,15 @@ def test_bad_redis_settings_name_the_setting(cli: dict[str, object], match: str)
     with pytest.raises(ConfigError, match=match) as err:
         load_settings(cli=cli, env={})
     assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://r1", "redis://r1:6379", "rediss://u:p@r1:6380/3", "redis://r1/?db=2", "REDIS://r1/0"],
+)
+def test_redis_urls_redis_py_reads_are_accepted(url: str) -> None:
+    assert load_settings(cli={"broker": url}, env={}).broker == url
+
+
+def test_an_empty_list_setting_is_the_default_not_an_error() -> None:
+    assert load_settings(env={"SUPERVISOR_QUEUES": ""}).queues == ()
