@@ -107,7 +107,8 @@ def _items(f: Field, raw: Any, source: str) -> tuple[str, ...]:
             if item and item not in out:
                 out.append(item)
     if not out and any(isinstance(p, str) and p.strip() for p in parts):  # "," or " , "
-        shown = "***" if f.secret else repr(raw)
+        one = raw[0] if isinstance(raw, list | tuple) and len(raw) == 1 else raw
+        shown = "***" if f.secret else repr(one)
         raise ConfigError(
             f"{f.name}: expected comma-separated names, got {shown}, which names none "
             f"(from {source})"

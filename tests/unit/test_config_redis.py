@@ -39,6 +39,7 @@ def test_the_broker_url_comes_from_the_environment_and_is_masked() -> None:
         ({"node_name": "a/b"}, r"node_name: expected a name without '/' or '\|'.*got 'a/b'"),
         ({"node_name": "a|b"}, "node_name: expected a name without"),
         ({"queues": ","}, "queues: expected comma-separated names, got ',', which names none"),
+        ({"queues": [" ,"]}, "queues: expected comma-separated names, got ' ,', which"),
         ({"ingest": [" , "]}, r"ingest: expected comma-separated names, got \*\*\*"),
         ({"key_prefix": "{sv}"}, "key_prefix: expected a non-empty prefix without braces"),
         ({"lease": 0.5}, "lease"),
