@@ -271,12 +271,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(to_json(status, sort_keys=True, default=str))
         return 0
     master, stats = status.get("master") or {}, status["stats"]
-    print(
-        f"master pid {master.get('pid', '?')}  state {master.get('state', '?')}  "
-        f"workers {len(master.get('workers', []))}/{master.get('desired_workers', '?')}"
-    )
-    nodes = status.get("nodes") or {}
-    if len(nodes) > 1:  # a cluster on Redis: every node that published its status
+    nodes = status.get("nodes")  # on Redis: every node that published its status
+    if master or nodes is None:
+        print(
+            f"master pid {master.get('pid', '?')}  state {master.get('state', '?')}  "
+            f"workers {len(master.get('workers', []))}/{master.get('desired_workers', '?')}"
+        )
+    elif nodes:  # a client of a cluster of several nodes
+        print(f"cluster of {len(nodes)} node(s)")
+    else:
+        print("no node has published its status (none runs, or they use another --key-prefix)")
+    if nodes and (len(nodes) > 1 or not master):
         for name, node in sorted(nodes.items()):
             print(
                 f"node {name}: master pid {node.get('pid', '?')}  state {node.get('state', '?')}"

@@ -190,3 +190,35 @@ def test_a_malformed_client_broker_url_is_a_usage_error_without_the_password(
     err = capsys.readouterr().err
     assert err.startswith(f"supervisor: --broker: {what} in '") and "u:***@h" in err
     assert "s3cret" not in err and err.count("\n") == 1
+
+
+STATS = {"queued": 3, "scheduled": 0, "retrying": 0, "running": 1, "store_keys": 0}
+
+
+@pytest.mark.parametrize(
+    ("master", "nodes", "expect"),
+    [
+        ({"pid": 7, "workers": [], "desired_workers": 2}, None, ("master pid 7", 0)),  # one box
+        ({"pid": 7, "workers": [], "desired_workers": 2}, {"a": {"pid": 7}}, ("master pid 7", 0)),
+        ({}, {"a": {"pid": 7}, "b": {"pid": 8}}, ("cluster of 2 node(s)", 2)),  # a client
+        ({}, {"a": {"pid": 7}}, ("cluster of 1 node(s)", 1)),
+        ({}, {}, ("no node has published its status (none runs, or they use another", 0)),
+    ],
+)
+def test_status_says_what_it_sees_a_master_a_cluster_or_nothing(
+    queue: FakeQueue,
+    capsys: pytest.CaptureFixture[str],
+    master: dict[str, Any],
+    nodes: dict[str, Any] | None,
+    expect: tuple[str, int],
+) -> None:
+    doc = {"master": master, "stats": STATS, "scheduler": None}
+    if nodes is not None:
+        doc["nodes"] = nodes
+    queue.broker.get_status = lambda: doc  # type: ignore[method-assign]
+    assert main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first, node_lines = expect
+    assert lines[0].startswith(first), lines
+    assert sum(line.startswith("node ") for line in lines) == node_lines
+    assert "queue: 3 ready, 0 scheduled, 0 retrying, 1 running" in "\n".join(lines)
