@@ -198,10 +198,10 @@ class Ingestor:
         self.stats.held_since = min(sent)
         redelivered = {id(a) for a, i in accepted if batch[i][0].redelivered}
         pushed, dups, bad = self._accept(conn, [(a, id(a) in redelivered) for a, _ in accepted])
-        # counted as soon as our broker has them: if the ack below is lost with the connection,
-        # the redelivery finds the tasks and counts as duplicates, so each task counts once
+        # Tasks are counted as soon as our broker has them: if the ack below is lost with the
+        # connection, the redelivery finds them (a duplicate then), so each task counts once
+        # as ingested. Dead letters are counted once acked: a redelivery publishes them again.
         now = self.clock()
-        self.stats.held_since = None
         self.stats.ingested += len(pushed)
         self.stats.duplicates += len(dups)
         for _, i in accepted:
@@ -210,8 +210,9 @@ class Ingestor:
         refused += [(batch[index[id(a)]], reason) for a, reason in bad]
         for d, reason in refused:
             self._dead_letter(ch, d, reason)
-            self.stats.rejected += 1
         ch.basic_ack(batch[-1][0].delivery_tag, multiple=True)
+        self.stats.held_since = None
+        self.stats.rejected += len(refused)
         if dups:
             self.log.info(
                 "{} message(s) mapped to tasks the broker already has (acked, not pushed): {}",

@@ -108,7 +108,7 @@ def _prefetch(query: str, bad: Callable[[str], ConfigError]) -> tuple[int, str]:
     if len(ours) > 1:
         raise bad("prefetch given twice")
     text = ours[0].strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PREFETCH:
+    if not re.fullmatch("[0-9]+", text) or not 1 <= int(text) <= MAX_PREFETCH:
         raise bad(f"prefetch={ours[0]!r} (expected a whole number from 1 to {MAX_PREFETCH})")
     return int(text), urlencode([(k, v) for k, v in pairs if k != "prefetch"])
 

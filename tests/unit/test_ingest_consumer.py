@@ -145,6 +145,27 @@ def test_a_redelivery_of_a_finished_task_does_not_run_it_again() -> None:
     assert rig.counts() == (1, 1, 0)
 
 
+def test_dead_letters_count_once_acked_and_a_held_batch_shows_until_then() -> None:
+    rig = Rig()
+    seen_lag: list[float] = []
+
+    def lost(*args: Any, **kw: Any) -> None:
+        seen_lag.append(rig.ingestor.stats.lag_s(rig.clock.now + 5))  # while publishing
+        if len(seen_lag) == 2:
+            raise pika.exceptions.StreamLostError("Transport indicated EOF")
+
+    rig.ch.basic_publish = lost  # type: ignore[method-assign]
+    junk = [rig.delivery(b"not json"), rig.delivery(b"[]")]
+    with pytest.raises(pika.exceptions.StreamLostError):
+        rig.ingest(rig.message("a"), *junk)
+    assert rig.counts() == (1, 0, 0)  # the task is in; no dead letter acked yet
+    assert seen_lag[0] >= 5  # the batch was still held (unacked) while dead-lettering
+    rig.ch = FakeChannel()  # redelivered on the new connection
+    rig.ingest(rig.message("a", redelivered=True), rig.delivery(b"not json"), rig.delivery(b"[]"))
+    assert rig.counts() == (1, 1, 2)  # two messages refused, counted once each
+    assert rig.ingestor.stats.held_since is None
+
+
 def test_a_producer_duplicate_of_a_live_task_is_counted_once() -> None:
     rig = Rig()
     rig.ingest(rig.message("a"))
