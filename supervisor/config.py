@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config_values import (
-    NODE_NAME_BANNED,
     REDIS_URL_FORM,
     convert,
     mask_url,
+    node_name_problem,
     redis_url_problem,
 )
 from supervisor.errors import ConfigError
@@ -214,7 +214,8 @@ FIELDS: tuple[Field, ...] = (
         "node_name",
         str,
         None,
-        "this node's name in logs, metrics and records (default: host name and pid)",
+        "this node's name in logs, metrics and records, without '/', '|' or control "
+        "characters (default: host name and pid)",
         nullable=True,
     ),
     Field("key_prefix", str, "sv", "prefix of every Redis key: clusters can share one Redis"),
@@ -398,10 +399,10 @@ def load_settings(
             f"broker: {problem} in {mask_url(settings.broker)!r}; expected {REDIS_URL_FORM} "
             f"(from {sources['broker']})"
         )
-    if settings.node_name is not None and any(c in settings.node_name for c in NODE_NAME_BANNED):
+    if settings.node_name is not None and (problem := node_name_problem(settings.node_name)):
         raise ConfigError(
-            f"node_name: expected a name without '/' or '|' (they separate a node from its "
-            f"workers in Redis), got {settings.node_name!r} (from {sources['node_name']})"
+            f"node_name: {problem} ('/' separates a node from its workers in Redis), "
+            f"got {settings.node_name!r} (from {sources['node_name']})"
         )
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{}"):
         raise ConfigError(

@@ -9,8 +9,9 @@ shown as ``***``.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from supervisor.errors import ConfigError
 
@@ -141,37 +142,49 @@ def _check_address(text: str, source: str) -> None:
 
 
 REDIS_URL_FORM = "redis://[user:pass@]host:port/db or rediss://"
-NODE_NAME_BANNED = "/|"  # a Redis node's consumers are "<node>/<worker>"; '|' separates fields
+# A Redis node's consumers are "<node>/<worker>" and '|' separates fields in Redis; control
+# characters would reach log lines and label values (and NUL starts the board's own fields).
+NODE_NAME_BANNED = "/|"
+
+
+def node_name_problem(name: str) -> str | None:
+    """What is wrong with a node name (None: nothing)."""
+    if any(c in name for c in NODE_NAME_BANNED) or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "expected a name without '/', '|' or control characters"
+    return None
 
 
 def redis_url_problem(url: str) -> str | None:
     """What is wrong with a Redis broker URL, read as redis-py will read it (None: nothing).
     Pure: nothing connects (a Redis that is down is not a typo, and has an exit code of its
-    own)."""
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme.lower() not in ("redis", "rediss"):
+    own). The scheme is lowercase, as every other part of supervisor compares it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
         return f"scheme {scheme + '://' if sep else '(none)'} is not redis:// or rediss://"
+    head = rest.split("?", 1)[0]
+    if "/" in head and "@" in head.split("/", 1)[1]:  # redis-py would take it for the path
+        return "an '@' after the host (write a '/' in the password as %2F)"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError for a port that is not 0-65535)
     except ValueError:
         return "a port that is not a number from 0 to 65535"
-    if not parts.hostname:
-        return "no host"
-    dbs = [parts.path.strip("/")] if parts.path.strip("/") else []
+    path = unquote(parts.path.strip("/"))
+    dbs = [path] if path else []
     dbs += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
     for db in dbs:
-        if not db.isdigit():
+        if not re.fullmatch("[0-9]+", db):
             return f"database number {db!r} is not a whole number"
-    return None
+    return None  # no host is redis-py's localhost
 
 
 def mask_url(url: str) -> str:
-    """``url`` with the password of its netloc replaced by ``***``."""
+    """``url`` with the password replaced by ``***``: everything before the last ``@`` ahead
+    of the query is taken for the credentials, so a password with a raw ``/`` is masked too."""
     scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        creds, _, host = netloc.rpartition("@")
-        user = creds.partition(":")[0]
-        netloc = f"{user}:***@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{path}"
+    head, q, query = rest.partition("?")
+    creds, at, tail = head.rpartition("@")
+    if not at:
+        return url
+    user = creds.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{tail}{q}{query}"

@@ -21,7 +21,8 @@ def settings_table() -> str:
         else:
             default = f"`{f.default}`"
         flag = f"`{f.flag}`, `--no-{f.flag[2:]}`" if f.kind is bool else f"`{f.flag}`"
-        rows.append(f"| `{f.name}` | {flag} | `{f.env}` | {default} | {f.help} |")
+        meaning = f.help.replace("|", "\\|")  # a table cell: a bare | would end it
+        rows.append(f"| `{f.name}` | {flag} | `{f.env}` | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 

@@ -33,11 +33,18 @@ def test_the_broker_url_comes_from_the_environment_and_is_masked() -> None:
             r"broker: a port that is not a number from 0 to 65535 in 'redis://u:\*\*\*@r1",
         ),
         ({"broker": "redis://u:secret@r1:70000/0"}, "a port that is not a number"),
-        ({"broker": "redis://:secret@/0"}, "broker: no host"),
+        ({"broker": "REDIS://r1/0"}, r"broker: scheme REDIS:// is not redis://"),  # lowercase
+        (
+            {"broker": "redis://:p@ss/secret@r1:6379/0"},  # a raw '/' in the password
+            r"broker: an '@' after the host \(write a '/' in the password as %2F\) in "
+            r"'redis://:\*\*\*@r1:6379/0'",
+        ),
+        ({"broker": "redis://r1/%C2%B2"}, "broker: database number '²' is not a whole number"),
         ({"broker": "redis://r1/zero"}, "broker: database number 'zero' is not a whole number"),
         ({"broker": "redis://r1?db=-1"}, "broker: database number '-1' is not a whole number"),
-        ({"node_name": "a/b"}, r"node_name: expected a name without '/' or '\|'.*got 'a/b'"),
+        ({"node_name": "a/b"}, r"node_name: expected a name without '/', '\|' or control .*'a/b'"),
         ({"node_name": "a|b"}, "node_name: expected a name without"),
+        ({"node_name": "a\x00b"}, "node_name: expected a name without"),
         ({"queues": ","}, "queues: expected comma-separated names, got ',', which names none"),
         ({"queues": [" ,"]}, "queues: expected comma-separated names, got ' ,', which"),
         ({"ingest": [" , "]}, r"ingest: expected comma-separated names, got \*\*\*"),
@@ -53,7 +60,16 @@ def test_bad_redis_settings_name_the_setting(cli: dict[str, object], match: str)
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://r1", "redis://r1:6379", "rediss://u:p@r1:6380/3", "redis://r1/?db=2", "REDIS://r1/0"],
+    [
+        "redis://r1",
+        "redis://r1:6379",
+        "rediss://u:p@r1:6380/3",
+        "redis://r1/?db=2",
+        "redis://r1/%31",  # db 1, as redis-py unquotes it
+        "redis://u:p%2Fq@r1/0",
+        "redis://[::1]:6379/0",
+        "redis://:pw@/0",  # no host: redis-py's localhost
+    ],
 )
 def test_redis_urls_redis_py_reads_are_accepted(url: str) -> None:
     assert load_settings(cli={"broker": url}, env={}).broker == url

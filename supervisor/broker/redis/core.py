@@ -20,7 +20,7 @@ from supervisor.broker import base
 from supervisor.broker.redis.codec import time_str
 from supervisor.broker.redis.keys import Keys
 from supervisor.broker.redis.scripts import Scripts
-from supervisor.config_values import NODE_NAME_BANNED
+from supervisor.config_values import node_name_problem
 from supervisor.errors import BrokerError
 from supervisor.policy import compute_backoff
 from supervisor.registry import TaskOptions
@@ -96,8 +96,8 @@ class Core:
         self._client = client
         self._keys = Keys(prefix)
         self._node = node or default_node()
-        if any(c in self._node for c in NODE_NAME_BANNED):
-            raise BrokerError(f"node name must not contain '/' or '|': {self._node!r}")
+        if problem := node_name_problem(self._node):
+            raise BrokerError(f"node name {self._node!r}: {problem}")
         self._task_keys = self._keys.task_keys(self._node)
         self._clock = clock
         self._rng = rng or random.Random()
