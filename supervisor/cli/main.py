@@ -295,8 +295,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     sched = status.get("scheduler")
     if sched:
         counters = sched.get("counters") or {}
+        node = f" of node {sched['node']}" if sched.get("node") else ""  # on Redis: whose
         print(
-            f"scheduler pid {sched.get('pid', '?')}  state {sched.get('state', '?')}  "
+            f"scheduler{node} pid {sched.get('pid', '?')}  state {sched.get('state', '?')}  "
             f"{sched.get('schedules_enabled', '?')} enabled schedule(s); "
             f"fired {counters.get('fired', 0)}, misfired {counters.get('misfired', 0)}"
         )

@@ -94,6 +94,29 @@ def test_renewals_are_aged_on_redis_time_and_old_nodes_forgotten(make: Any) -> N
     assert set(b.cluster_health().nodes) == {"b"}
 
 
+def test_a_prune_cut_short_by_redis_leaves_the_node_for_the_next_one(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor.errors import BrokerError
+
+    a, gone = make("a"), make("gone")
+    gone.publish_status({"workers": []})
+    sec, usec = a._client.time()
+    old = f"{sec * 1000 + usec // 1000 - FORGET_AFTER_S * 1000 - 1} 2000"
+    a._client.hset(a._renewed_key, "gone", old)
+
+    def blip(node: str | None = None) -> None:
+        raise BrokerError("cannot reach Redis")
+
+    monkeypatch.setattr(a, "forget_node", blip)
+    with pytest.raises(BrokerError):
+        a.prune_node_health()
+    assert a._client.hexists(a._renewed_key, "gone")  # still known: pruned next time
+    monkeypatch.undo()
+    assert a.prune_node_health() == 1
+    assert "gone" not in a.node_statuses() and not a._client.hexists(a._renewed_key, "gone")
+
+
 def test_one_exporter_at_a_time_handed_over_on_resign_or_expiry(make: Any) -> None:
     a, b = make("a"), make("b")
     assert a.elect_exporter(ttl_s=5.0) and a.is_cluster_exporter()

@@ -684,14 +684,15 @@ def test_status_board_per_node(make: Callable[..., RedisBroker], clock: FakeCloc
     clock.advance(2)
     # each node's scheduler has its own counters: one document per node, never mixed
     assert a.scheduler_status() == ({}, None) and b.scheduler_status() == ({"due": 3}, 2.0)
-    assert a.get_status()["scheduler"] == {"due": 3, "report_age_s": 2.0}  # none of its own
+    assert a.get_status()["scheduler"] is None  # a node run without one: not b's as its own
+    client = make(node="client")  # a name no node has
+    assert client.get_status()["scheduler"] == {"due": 3, "node": "b", "report_age_s": 2.0}
     a.publish_scheduler_status({"due": 1})
     clock.advance(1)
     assert a.scheduler_statuses() == {"a": ({"due": 1}, 1.0), "b": ({"due": 3}, 3.0)}
-    assert a.get_status()["scheduler"] == {"due": 1, "report_age_s": 1.0}
-    assert b.get_status()["scheduler"] == {"due": 3, "report_age_s": 3.0}
-    client = make(node="client")
-    assert client.get_status()["scheduler"] == {"due": 1, "report_age_s": 1.0}  # the freshest
+    assert a.get_status()["scheduler"] == {"due": 1, "node": "a", "report_age_s": 1.0}
+    assert b.get_status()["scheduler"] == {"due": 3, "node": "b", "report_age_s": 3.0}
+    assert client.get_status()["scheduler"] == {"due": 1, "node": "a", "report_age_s": 1.0}
     with pytest.raises(TaskError, match="must be a dict"):
         a.publish_scheduler_status([])  # type: ignore[arg-type]
     b.forget_node()

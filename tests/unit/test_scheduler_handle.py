@@ -72,10 +72,15 @@ def test_once_stopping_it_is_signalled_and_never_forked_again() -> None:
     rig = Rig()
     rig.child.start(0.0)
     rig.child.on_exit(signal.SIGKILL, 1.0)  # a respawn is pending
-    rig.child.tick(1.5)
-    rig.child.stop()
-    rig.child.stop(kill=True)
-    assert rig.kills == [(701, signal.SIGTERM), (701, signal.SIGKILL)]
-    rig.child.on_exit(signal.SIGTERM, 2.0)
+    rig.child.stop()  # no child to signal; the pending respawn is dropped
+    assert rig.child.next_wake(1.0) is None
     rig.child.tick(100.0)
-    assert rig.child.pid == 0 and rig.child.next_wake(100.0) is None
+    assert rig.child.pid == 0 and rig.kills == []
+    again = Rig()
+    again.child.start(0.0)
+    again.child.stop()
+    again.child.stop(kill=True)
+    assert again.kills == [(700, signal.SIGTERM), (700, signal.SIGKILL)]
+    again.child.on_exit(signal.SIGTERM, 2.0)
+    again.child.tick(100.0)
+    assert again.child.pid == 0 and again.child.next_wake(100.0) is None

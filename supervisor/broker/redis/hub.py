@@ -71,19 +71,21 @@ class HubMixin(Core):
     def get_status(self) -> dict[str, Any]:
         """``{"master": ..., "nodes": {name: status}, "stats": ..., "scheduler": ... | None}``:
         ``master`` is this node's master's status, or, for a client of a cluster of one node,
-        that node's; ``scheduler`` this node's scheduler document, or for a client the one
-        published last."""
-        scheduler, age = self.scheduler_status()
-        if age is None:
-            others = sorted(self.scheduler_statuses().values(), key=_age_or_inf)
-            scheduler, age = others[0] if others else ({}, None)
+        that node's; ``scheduler`` this node's scheduler document, or for a client (a name no
+        node has) the one published last, with ``node`` naming whose it is."""
         nodes = self.node_statuses()
+        scheduler, age = self.scheduler_status()
+        source = self._node
+        if age is None and self._node not in nodes:
+            others = sorted(self.scheduler_statuses().items(), key=lambda kv: _age_or_inf(kv[1]))
+            if others:
+                source, (scheduler, age) = others[0]
         master = nodes.get(self._node) or (next(iter(nodes.values())) if len(nodes) == 1 else {})
         return {
             "master": master,
             "nodes": nodes,
             "stats": self.stats(),
-            "scheduler": {**scheduler, "report_age_s": age} if scheduler else None,
+            "scheduler": {**scheduler, "node": source, "report_age_s": age} if scheduler else None,
         }
 
     def publish_scheduler_status(self, doc: dict[str, Any]) -> None:

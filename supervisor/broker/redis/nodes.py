@@ -140,10 +140,11 @@ class NodeBroker(RedisBroker):
             (sec, usec), entries = pipe.execute()
             now_ms = int(sec) * 1000 + int(usec) // 1000
             old = [name for name, value in entries.items() if _stale(codec.text(value), now_ms)]
-            if old:
-                self._client.hdel(self._renewed_key, *old)
-        for name in old:
-            self.forget_node(codec.text(name))
+        for name in old:  # its board entries first: a failure leaves it to the next prune
+            if codec.text(name):
+                self.forget_node(codec.text(name))
+            with self._guard():
+                self._client.hdel(self._renewed_key, name)
         return len(old)
 
     # -- the exporter's role ----------------------------------------------------------------
