@@ -282,10 +282,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("no node has published its status (none runs, or they use another --key-prefix)")
     if nodes and (len(nodes) > 1 or not master):
+        schedulers = status.get("schedulers") or {}
         for name, node in sorted(nodes.items()):
+            own = schedulers.get(name)
+            fired = (own.get("counters") or {}).get("fired", 0) if own else None
             print(
                 f"node {name}: master pid {node.get('pid', '?')}  state {node.get('state', '?')}"
                 f"  workers {len(node.get('workers', []))}/{node.get('desired_workers', '?')}"
+                + (f"  scheduler {own.get('state', '?')}, fired {fired}" if own else "")
             )
     print(
         f"queue: {stats['queued']} ready, {stats['scheduled']} scheduled, "

@@ -693,6 +693,10 @@ def test_status_board_per_node(make: Callable[..., RedisBroker], clock: FakeCloc
     assert a.get_status()["scheduler"] == {"due": 1, "node": "a", "report_age_s": 1.0}
     assert b.get_status()["scheduler"] == {"due": 3, "node": "b", "report_age_s": 3.0}
     assert client.get_status()["scheduler"] == {"due": 1, "node": "a", "report_age_s": 1.0}
+    assert client.get_status()["schedulers"] == {
+        "a": {"due": 1, "report_age_s": 1.0},
+        "b": {"due": 3, "report_age_s": 3.0},
+    }
     with pytest.raises(TaskError, match="must be a dict"):
         a.publish_scheduler_status([])  # type: ignore[arg-type]
     b.forget_node()

@@ -222,3 +222,21 @@ def test_status_says_what_it_sees_a_master_a_cluster_or_nothing(
     assert lines[0].startswith(first), lines
     assert sum(line.startswith("node ") for line in lines) == node_lines
     assert "queue: 3 ready, 0 scheduled, 0 retrying, 1 running" in "\n".join(lines)
+
+
+def test_status_of_a_cluster_gives_each_nodes_scheduler(
+    queue: FakeQueue, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = {
+        "master": {},
+        "nodes": {"a": {"pid": 7}, "b": {"pid": 8}},
+        "stats": STATS,
+        "scheduler": {"node": "a", "pid": 70, "state": "running", "counters": {"fired": 4}},
+        "schedulers": {"a": {"state": "running", "counters": {"fired": 4}}},
+    }
+    queue.broker.get_status = lambda: doc  # type: ignore[method-assign]
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "node a: master pid 7  state ?  workers 0/?  scheduler running, fired 4" in out
+    assert "node b: master pid 8  state ?  workers 0/?\n" in out  # run without one
+    assert "scheduler of node a pid 70  state running" in out

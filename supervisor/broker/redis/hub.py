@@ -69,15 +69,17 @@ class HubMixin(Core):
             pipe.execute()
 
     def get_status(self) -> dict[str, Any]:
-        """``{"master": ..., "nodes": {name: status}, "stats": ..., "scheduler": ... | None}``:
-        ``master`` is this node's master's status, or, for a client of a cluster of one node,
-        that node's; ``scheduler`` this node's scheduler document, or for a client (a name no
-        node has) the one published last, with ``node`` naming whose it is."""
+        """``{"master": ..., "nodes": {name: status}, "stats": ..., "scheduler": ... | None,
+        "schedulers": {name: doc}}``: ``master`` is this node's master's status, or, for a
+        client of a cluster of one node, that node's; ``scheduler`` this node's scheduler
+        document, or for a client (a name no node has) the one published last, with ``node``
+        naming whose it is; ``schedulers`` every node's, each with its ``report_age_s``."""
         nodes = self.node_statuses()
-        scheduler, age = self.scheduler_status()
+        every = self.scheduler_statuses()
+        scheduler, age = every.get(self._node, ({}, None))
         source = self._node
         if age is None and self._node not in nodes:
-            others = sorted(self.scheduler_statuses().items(), key=lambda kv: _age_or_inf(kv[1]))
+            others = sorted(every.items(), key=lambda kv: _age_or_inf(kv[1]))
             if others:
                 source, (scheduler, age) = others[0]
         master = nodes.get(self._node) or (next(iter(nodes.values())) if len(nodes) == 1 else {})
@@ -86,6 +88,7 @@ class HubMixin(Core):
             "nodes": nodes,
             "stats": self.stats(),
             "scheduler": {**scheduler, "node": source, "report_age_s": age} if scheduler else None,
+            "schedulers": {n: {**doc, "report_age_s": a} for n, (doc, a) in every.items()},
         }
 
     def publish_scheduler_status(self, doc: dict[str, Any]) -> None:
