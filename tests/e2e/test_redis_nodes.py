@@ -104,6 +104,40 @@ def test_unique_keys_hold_across_producers_and_nodes(cluster: Any, redis_url: st
     other.broker.close()  # type: ignore[attr-defined]
 
 
+def test_status_from_a_client_names_every_node_and_its_own_scheduler(
+    cluster: Any, redis_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    cluster("a")
+    cluster("b", "--no-scheduler")
+    prefix = cluster.producer.broker._keys.prefix
+    argv = [sys.executable, "-m", "supervisor", "status", "--broker", redis_url]
+
+    def status() -> str:
+        run = subprocess.run(
+            [*argv, "--key-prefix", prefix], capture_output=True, text=True, timeout=30
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    out = wait_until(
+        lambda: (o := status()) and "  scheduler running" in o and "node b:" in o and o,
+        30,
+        what="both nodes and a's scheduler in the status",
+    )
+    lines = out.splitlines()
+    assert lines[0] == "cluster of 2 node(s)"
+    assert "  scheduler running, fired " in next(x for x in lines if x.startswith("node a:"))
+    assert "scheduler" not in next(x for x in lines if x.startswith("node b:"))
+    assert "scheduler of node a pid " in out  # the one a client sees: a's, named
+    other = subprocess.run(
+        [*argv, "--key-prefix", "nobody-here"], capture_output=True, text=True, timeout=30
+    )
+    assert other.returncode == 0 and other.stdout.startswith("no node has published its status")
+
+
 def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
     start_master: Any, pg_url: str, tmp_path: Path
 ) -> None:
