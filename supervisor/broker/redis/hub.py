@@ -24,6 +24,19 @@ def _age_or_inf(dated: tuple[dict[str, Any], float | None]) -> float:
     return float("inf") if dated[1] is None else dated[1]
 
 
+def _dated(blob: bytes | str, now: float) -> tuple[dict[str, Any], float | None]:
+    """(document, its age at ``now``, None when it carries no time) of a dated blob."""
+    data = json.loads(blob)
+    at = codec.time_or_none(data.get("at"))
+    return dict(data.get("doc") or {}), (None if at is None else now - at)
+
+
+def _masters(board: dict[str, bytes | str]) -> dict[str, dict[str, Any]]:
+    """The masters' statuses of a status hash: the fields that are node names (the board's
+    own fields start with NUL)."""
+    return {name: dict(json.loads(v)) for name, v in board.items() if not name.startswith("\x00")}
+
+
 class HubMixin(Core):
     def stats(self) -> dict[str, Any]:
         """Provided by the broker (see :meth:`RedisBroker.stats`)."""
@@ -43,18 +56,37 @@ class HubMixin(Core):
 
     def node_statuses(self) -> dict[str, dict[str, Any]]:
         """Every node's last published master status, by node name."""
+        return _masters(self._board())
+
+    def _board(self) -> dict[str, bytes | str]:
+        """The whole status hash, by field name."""
         with self._guard():
             docs = self._client.hgetall(self._keys.status)
+        return {codec.text(k): v for k, v in docs.items()}
+
+    def _dated_under(
+        self, board: dict[str, bytes | str], prefix: str
+    ) -> dict[str, tuple[dict[str, Any], float | None]]:
+        """The dated documents of ``board`` whose field starts with ``prefix``, by the rest of
+        the field: each (document, its age in seconds or None)."""
+        now = self._clock()
         return {
-            codec.text(k): dict(json.loads(v))
-            for k, v in docs.items()
-            if not codec.text(k).startswith("\x00")
+            field[len(prefix) :]: _dated(blob, now)
+            for field, blob in board.items()
+            if field.startswith(prefix)
         }
 
+    def _put_dated(self, field: str, doc: dict[str, Any]) -> None:
+        """``doc`` under ``field``, with when it came (this clock)."""
+        blob = json.dumps({"doc": doc, "at": codec.time_str(self._clock())}, default=str)
+        with self._guard():
+            self._client.hset(self._keys.status, field, blob)
+
     def forget_node(self, node: str | None = None) -> None:
-        """Drop what a node (default: this one) keeps in Redis apart from tasks: its status,
-        dispatching flag and metric observations. For a master's clean exit; a node that died
-        leaves a few small entries (the observations expire within a day)."""
+        """Drop what a node (default: this one) keeps in Redis apart from tasks: its master's
+        and scheduler's documents, its components', its dispatching flag and its metric
+        observations. For a master's clean exit, and for the exporter's prune of a node that
+        died (see :meth:`NodeBroker.prune_node_health`)."""
         name = node or self._node
         mine = [
             COMPONENT_FIELD + c
@@ -74,8 +106,9 @@ class HubMixin(Core):
         client of a cluster of one node, that node's; ``scheduler`` this node's scheduler
         document, or for a client (a name no node has) the one published last, with ``node``
         naming whose it is; ``schedulers`` every node's, each with its ``report_age_s``."""
-        nodes = self.node_statuses()
-        every = self.scheduler_statuses()
+        board = self._board()  # one read: the masters' and the schedulers' documents
+        nodes = _masters(board)
+        every = self._dated_under(board, SCHEDULER_FIELD)
         scheduler, age = every.get(self._node, ({}, None))
         source = self._node
         if age is None and self._node not in nodes:
@@ -95,57 +128,28 @@ class HubMixin(Core):
         """This node's scheduler's document; the board notes when it came (this clock)."""
         if not isinstance(doc, dict):
             raise TaskError(f"scheduler status must be a dict, got {type(doc).__name__}")
-        blob = json.dumps({"doc": doc, "at": codec.time_str(self._clock())}, default=str)
-        with self._guard():
-            self._client.hset(self._keys.status, SCHEDULER_FIELD + self._node, blob)
+        self._put_dated(SCHEDULER_FIELD + self._node, doc)
 
     def scheduler_status(self) -> tuple[dict[str, Any], float | None]:
         """This node's scheduler's last document and its age in seconds (None: never
         published)."""
         with self._guard():
             blob = self._client.hget(self._keys.status, SCHEDULER_FIELD + self._node)
-        return ({}, None) if blob is None else self._dated(blob)
+        return ({}, None) if blob is None else _dated(blob, self._clock())
 
     def scheduler_statuses(self) -> dict[str, tuple[dict[str, Any], float | None]]:
         """Every node's scheduler document and its age, by node name."""
-        with self._guard():
-            docs = self._client.hgetall(self._keys.status)
-        return {
-            field[len(SCHEDULER_FIELD) :]: self._dated(v)
-            for k, v in docs.items()
-            if (field := codec.text(k)).startswith(SCHEDULER_FIELD)
-        }
-
-    def _dated(self, blob: bytes | str) -> tuple[dict[str, Any], float | None]:
-        data = json.loads(blob)
-        at = codec.time_or_none(data.get("at"))
-        return dict(data.get("doc") or {}), (None if at is None else self._clock() - at)
+        return self._dated_under(self._board(), SCHEDULER_FIELD)
 
     def publish_component_status(self, name: str, doc: dict[str, Any]) -> None:
         """A component's document (see the contract); kept in the status hash."""
         check_component(name, doc)
-        blob = json.dumps({"doc": doc, "at": codec.time_str(self._clock())}, default=str)
-        with self._guard():
-            self._client.hset(self._keys.status, COMPONENT_FIELD + name, blob)
+        self._put_dated(COMPONENT_FIELD + name, doc)
 
     def component_statuses(self) -> dict[str, dict[str, Any]]:
         """Every node's components, by name, each with its ``report_age_s``."""
-        with self._guard():
-            docs = self._client.hgetall(self._keys.status)
-        now = self._clock()
-        out: dict[str, dict[str, Any]] = {}
-        for k, v in docs.items():
-            field = codec.text(k)
-            if not field.startswith(COMPONENT_FIELD):
-                continue
-            data = json.loads(v)
-            at = codec.time_or_none(data.get("at"))
-            doc = dict(data.get("doc") or {})
-            out[field[len(COMPONENT_FIELD) :]] = {
-                **doc,
-                "report_age_s": None if at is None else now - at,
-            }
-        return out
+        docs = self._dated_under(self._board(), COMPONENT_FIELD)
+        return {name: {**doc, "report_age_s": age} for name, (doc, age) in docs.items()}
 
     def known_task_types(self) -> list[str]:
         """The task type names this instance accepts (empty when any type is accepted)."""
