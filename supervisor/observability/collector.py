@@ -51,13 +51,14 @@ from supervisor.observability.cluster import (
     queue_families,
     task_counter_families,
 )
+from supervisor.observability.families import gauge
 from supervisor.observability.histograms import (
     DURATION_BUCKETS_S,
     QUEUE_WAIT_BUCKETS_S,
     Histograms,
 )
 from supervisor.observability.ingest import ingest_families
-from supervisor.observability.node import gauge, lease_families, master_families, worker_families
+from supervisor.observability.node import lease_families, master_families, worker_families
 from supervisor.observability.procstats import ProcSampler
 from supervisor.observability.scheduler import scheduler_families
 from supervisor.observability.view import MetricsSource

@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from supervisor.observability.scheduler import number
+from supervisor.observability.families import number
 
 FORGET_AFTER_S = 3600.0
 # outcome label -> the document's cumulative count

@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from supervisor.master import scoreboard as sb
+from supervisor.observability.families import gauge, number
 from supervisor.observability.procstats import ProcSampler
-from supervisor.observability.scheduler import number
 
 RESTART_REASONS = (
     "crash",
@@ -29,13 +29,6 @@ RESTART_REASONS = (
 WORKER_STATES = ("booting", "idle", "busy", "exiting")
 MASTER_STATES = ("running", "draining", "stopping")
 RENEWAL_OUTCOMES = ("ok", "failed")
-
-
-def gauge(name: str, doc: str, node: str, value: float) -> GaugeMetricFamily:
-    """A gauge with the ``node`` label only."""
-    fam = GaugeMetricFamily(name, doc, labels=["node"])
-    fam.add_metric([node], value)
-    return fam
 
 
 def worker_families(

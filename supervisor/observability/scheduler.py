@@ -16,25 +16,16 @@ from typing import Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.utils import floatToGoString
 
+from supervisor.observability.families import gauge, number
 from supervisor.scheduling.status import LAG_BUCKETS_S
 
 # misfire action label -> the scheduler's counter (due times it did not push, and why)
 MISFIRE_COUNTERS = {"skipped": "misfired", "coalesced": "coalesced", "overlapped": "overlapped"}
-
-
-def number(value: Any) -> float:
-    """``value`` as a finite float; 0 for anything else (a document from another process)."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return out if math.isfinite(out) else 0.0
 
 
 def _lag(node: str, doc: dict[str, Any]) -> HistogramMetricFamily:
@@ -88,7 +79,7 @@ def scheduler_families(
         misfires.add_metric([node, action], number(counters.get(key)))
     yield misfires
     yield _lag(node, doc)
-    yield _gauge(
+    yield gauge(
         "supervisor_scheduler_consecutive_failures",
         "Scheduler ticks failed in a row (database unreachable).",
         node,
@@ -96,15 +87,9 @@ def scheduler_families(
     )
     if not enabled:
         return  # --no-scheduler: no tick age, so no "scheduler stalled" alert
-    yield _gauge(
+    yield gauge(
         "supervisor_scheduler_last_tick_age_seconds",
         "Seconds since the scheduler last reported (since start if it never did).",
         node,
         since_start_s if age_s is None else age_s,
     )
-
-
-def _gauge(name: str, documentation: str, node: str, value: float) -> GaugeMetricFamily:
-    fam = GaugeMetricFamily(name, documentation, labels=["node"])
-    fam.add_metric([node], value)
-    return fam
