@@ -21,7 +21,7 @@ from typing import Any
 from supervisor.config_values import (
     REDIS_URL_FORM,
     convert,
-    mask_url,
+    mask_redis_url,
     node_name_problem,
     redis_url_problem,
 )
@@ -396,7 +396,7 @@ def load_settings(
         )
     if settings.broker is not None and (problem := redis_url_problem(settings.broker)):
         raise ConfigError(
-            f"broker: {problem} in {mask_url(settings.broker)!r}; expected {REDIS_URL_FORM} "
+            f"broker: {problem} in {mask_redis_url(settings.broker)!r}; expected {REDIS_URL_FORM} "
             f"(from {sources['broker']})"
         )
     if settings.node_name is not None and (problem := node_name_problem(settings.node_name)):

@@ -178,9 +178,11 @@ def redis_url_problem(url: str) -> str | None:
     return None  # no host is redis-py's localhost
 
 
-def mask_url(url: str) -> str:
-    """``url`` with the password replaced by ``***``: everything before the last ``@`` ahead
-    of the query is taken for the credentials, so a password with a raw ``/`` is masked too."""
+def mask_redis_url(url: str) -> str:
+    """A Redis ``url`` with the password replaced by ``***``. Everything before the last
+    ``@`` ahead of the query is taken for the credentials, so a password with a raw ``/`` is
+    masked too: on Redis nothing after the host holds an ``@`` (:func:`redis_url_problem`
+    refuses one), unlike an AMQP queue name (see :func:`supervisor.ingest.url.mask`)."""
     scheme, sep, rest = url.partition("://")
     head, q, query = rest.partition("?")
     creds, at, tail = head.rpartition("@")

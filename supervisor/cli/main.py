@@ -20,7 +20,7 @@ from supervisor.cli import tasks as cli_tasks
 from supervisor.cli.output import to_json
 from supervisor.cli.parser import ArgumentParser, positive_seconds
 from supervisor.config import FIELDS, Settings, load_settings
-from supervisor.config_values import MAX_SECONDS, REDIS_URL_FORM, mask_url, redis_url_problem
+from supervisor.config_values import MAX_SECONDS, REDIS_URL_FORM, mask_redis_url, redis_url_problem
 from supervisor.errors import BrokerError, DatabaseBusy, ExitCode, SupervisorError
 
 
@@ -150,7 +150,7 @@ def _connect(args: argparse.Namespace) -> Any:
             raise UsageError(f"--address: {exc}; expected a socket path or HOST:PORT") from None
     if args.broker is not None and (problem := redis_url_problem(args.broker)):
         raise UsageError(
-            f"--broker: {problem} in {mask_url(args.broker)!r}; expected {REDIS_URL_FORM}"
+            f"--broker: {problem} in {mask_redis_url(args.broker)!r}; expected {REDIS_URL_FORM}"
         )
     return connect(
         args.address,
