@@ -27,7 +27,7 @@ from tests.e2e.test_observability_metrics import METRICS, finish_all, get, http_
 from tests.e2e.test_observability_prometheus import INGEST_DOC, check_every_expression
 from tests.e2e.test_redis_nodes import readyz
 from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, redis_server_path
+from tests.redisserver import private_redis_server
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 LEASE_S = 2.0
@@ -180,10 +180,7 @@ def test_a_killed_node_shows_as_not_renewing_and_the_exporter_role_moves(
 def test_a_node_that_cannot_reach_redis_says_so_in_its_metrics(
     start_master: Any, prometheus_for: Any
 ) -> None:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
+    with private_redis_server() as server:
         node = start_master(
             *METRICS, "--broker", server.url, "--lease", str(LEASE_S), "--node-name", "solo",
             workers=1, name="solo",
@@ -219,5 +216,3 @@ def test_a_node_that_cannot_reach_redis_says_so_in_its_metrics(
             interval_s=0.2,
             what="the node to reach Redis (and export the cluster's figures) again",
         )
-    finally:
-        server.stop()

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from supervisor.master import scoreboard as sb
 from supervisor.observability.collector import build_registry
 from supervisor.registry import TaskOptions
-from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, redis_server_path
+from tests.helpers import wait_until
+from tests.redisserver import RedisServer, private_redis_server
 
 redis = pytest.importorskip("redis", reason="the [redis] extra")
 from supervisor.broker.redis.history import HistoryWriter  # noqa: E402 - needs redis
@@ -35,11 +35,8 @@ OPTS = TaskOptions(timeout_s=30.0, max_retries=2, backoff_base_s=0.0, backoff_ca
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.stop()
+    with private_redis_server() as srv:
+        yield srv
 
 
 @pytest.fixture

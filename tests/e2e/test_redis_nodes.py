@@ -18,8 +18,8 @@ import pytest
 
 import supervisor
 from supervisor.broker import base
-from tests.helpers import require_service, wait_until
-from tests.redisserver import RedisServer, redis_server_path
+from tests.helpers import wait_until
+from tests.redisserver import private_redis_server
 from tests.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -143,10 +143,7 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
 ) -> None:
     """kill -9 of Redis while tasks run: they finish, their reports are kept and sent once
     Redis is back (AOF, fsync always: nothing accepted is lost), and work resumes by itself."""
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
+    with private_redis_server() as server:
         node = start_master(
             "--broker", server.url, "--lease", str(LEASE_S), "--node-name", "solo",
             workers=2, name="solo", database=pg_url,
@@ -178,8 +175,6 @@ def test_redis_lost_mid_run_loses_nothing_and_work_resumes(
         assert node.proc.poll() is None  # the node never died
         wait_until(lambda: readyz(node) == 200, 20, what="/readyz to say ready again")
         q.broker.close()  # type: ignore[attr-defined]
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize(

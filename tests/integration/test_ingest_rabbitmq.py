@@ -20,7 +20,7 @@ from supervisor.ingest.consumer import Ingestor
 from supervisor.queuemanager.amqpwire import dead_letter_queue, encode, queue_arguments
 from tests.helpers import wait_until
 from tests.qm_support import RABBITMQ_URL, closed_port, require_rabbitmq
-from tests.redisserver import RedisServer, redis_server_path
+from tests.redisserver import RedisServer, private_redis_server
 from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -241,13 +241,8 @@ def test_rabbitmq_lost_mid_stream_loses_nothing_and_makes_no_second_task(
 
 @pytest.fixture
 def redis() -> Iterator[RedisServer]:
-    from tests.helpers import require_service
-
-    require_service(redis_server_path() is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    with private_redis_server() as server:
+        yield server
 
 
 def test_our_broker_down_mid_run_holds_the_batch_unacked_then_pushes_it(

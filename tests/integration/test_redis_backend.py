@@ -21,7 +21,7 @@ from supervisor.master.runfiles import RunFiles
 from supervisor.master.scoreboard import Scoreboard
 from supervisor.registry import TaskOptions
 from tests.helpers import wait_until
-from tests.redisserver import RedisServer, free_port, require_redis_server
+from tests.redisserver import RedisServer, free_port, private_redis_server
 
 pytestmark = pytest.mark.timeout(60)
 OPTS = TaskOptions(timeout_s=30.0, max_retries=2, backoff_base_s=0.0, backoff_cap_s=0.0)
@@ -120,24 +120,21 @@ def test_a_redis_that_may_lose_tasks_gets_a_loud_warning(tmp_path: Path) -> None
     refusal, so a developer's plain local Redis still works)."""
     from loguru import logger
 
-    require_redis_server()
-    srv = RedisServer()
-    srv.start()
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
     try:
-        import redis
+        with private_redis_server() as srv:
+            import redis
 
-        admin = redis.Redis.from_url(srv.url)
-        admin.config_set("appendonly", "no")
-        admin.config_set("maxmemory-policy", "allkeys-lru")
-        admin.close()
-        backend = RedisBackend(settings(tmp_path, srv.url))
-        start(backend, tmp_path)
-        backend.stop()
+            admin = redis.Redis.from_url(srv.url)
+            admin.config_set("appendonly", "no")
+            admin.config_set("maxmemory-policy", "allkeys-lru")
+            admin.close()
+            backend = RedisBackend(settings(tmp_path, srv.url))
+            start(backend, tmp_path)
+            backend.stop()
     finally:
         logger.remove(sink)
-        srv.stop()
     warned = " ".join(lines)
     assert "may lose tasks" in warned and "noeviction" in warned and "appendonly" in warned
 

@@ -41,7 +41,7 @@ from supervisor.errors import (
 )
 from supervisor.registry import TaskOptions
 from tests.helpers import wait_until
-from tests.redisserver import RedisServer, free_port, require_redis_server
+from tests.redisserver import RedisServer, free_port, private_redis_server
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.timeout(30)
@@ -999,10 +999,7 @@ def test_unreachable_server_is_a_broker_error_without_the_password() -> None:
 
 
 def test_kill_9_and_restart_loses_no_accepted_task(clock: FakeClock) -> None:
-    require_redis_server()
-    srv = RedisServer()
-    srv.start()
-    try:
+    with private_redis_server() as srv:
         b = RedisBroker(url=srv.url, prefix="k9", node="a", clock=clock)
         fast = RedisBroker(url=srv.url, prefix="k9", node="f", clock=clock, lease_s=1.2)
         ids = b.push_many([msg(task_id=f"t{i:03d}", priority=i % 11) for i in range(100)])
@@ -1037,8 +1034,6 @@ def test_kill_9_and_restart_loses_no_accepted_task(clock: FakeClock) -> None:
         assert b.get_task(orphan["task_id"])["attempts"] == 2
         b.close()
         fast.close()
-    finally:
-        srv.stop()
 
 
 def test_a_producer_with_only_the_url_pushes_and_reads(redis_server: RedisServer) -> None:
